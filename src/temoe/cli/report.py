@@ -1,0 +1,12 @@
+"""`temoe report` (placeholder until its issue lands; the owning work replaces this file)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="(not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("temoe report is not implemented yet")
