@@ -1,0 +1,62 @@
+"""Teacher-mixed sampling: nucleus on the mixture, importance weights, reward log-probs (hand-computed)."""
+
+import math
+
+import torch
+
+from temoe.rollout.sampling import mixed_sample, nucleus
+
+
+def test_nucleus_keeps_smallest_set_reaching_top_p():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    # mass before each sorted entry: 0, .5, .8, .95 -> keep the first three at top_p = 0.9; renormalise by 0.95
+    q = nucleus(p, 0.9)
+    torch.testing.assert_close(q, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
+    # top_p small keeps only the argmax
+    torch.testing.assert_close(nucleus(p, 0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert nucleus(p, 1.0) is p
+
+
+def test_mixed_sample_weights_and_logprobs_by_hand():
+    # student p_s = (0.5, 0.5, 0, 0) approx; teacher p_t = (0, 0, 0.5, 0.5) approx (large negative logits)
+    neg = -1e4
+    s = torch.tensor([[0.0, 0.0, neg, neg]])
+    t = torch.tensor([[neg, neg, 0.0, 0.0]])
+    # p_mix = 0.8*(.5,.5,0,0) + 0.2*(0,0,.5,.5) = (.4,.4,.1,.1); top_p = 0.95: mass before = 0,.4,.8,.9 -> all kept
+    counts = torch.zeros(4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        out = mixed_sample(s.expand(40, 4), t.expand(40, 4), tau=0.2, top_p=0.95, generator=g)
+        counts += torch.bincount(out.tokens, minlength=4)
+        a = out.tokens
+        student_side = a < 2
+        # w = p_s(a)/q(a): 0.5/0.4 = 1.25 on the student's tokens, 0/0.1 = 0 on the teacher's
+        torch.testing.assert_close(out.weight[student_side], torch.full_like(out.weight[student_side], 1.25))
+        assert torch.all(out.weight[~student_side] < 1e-6)
+        torch.testing.assert_close(out.logp_sampled, torch.where(student_side, math.log(0.4), math.log(0.1)))
+        torch.testing.assert_close(out.logp_student[student_side],
+                                   torch.full_like(out.logp_student[student_side], math.log(0.5)))
+        assert out.logp_student.dtype == torch.float32
+    freq = counts / counts.sum()
+    torch.testing.assert_close(freq, torch.tensor([0.4, 0.4, 0.1, 0.1]), atol=0.03, rtol=0)
+
+
+def test_top_p_truncates_the_mixture_and_renormalises_the_weight():
+    neg = -1e4
+    s = torch.tensor([[0.0, 0.0, neg, neg]])
+    t = torch.tensor([[neg, neg, 0.0, 0.0]])
+    # p_mix = (.4,.4,.1,.1); top_p = 0.85: mass before = 0,.4,.8,.9 -> keep 3 tokens, Z = 0.9
+    g = torch.Generator().manual_seed(1)
+    out = mixed_sample(s.expand(2000, 4), t.expand(2000, 4), tau=0.2, top_p=0.85, generator=g)
+    kept = torch.bincount(out.tokens, minlength=4)
+    assert kept[3] == 0 or kept[2] == 0  # one of the two teacher-only tokens (tied) is cut
+    on_student = out.tokens < 2
+    # w = p_s / q = 0.5 / (0.4 / 0.9) = 1.125
+    torch.testing.assert_close(out.weight[on_student], torch.full_like(out.weight[on_student], 1.125))
+
+
+def test_no_mixing_no_truncation_gives_unit_weights_and_zero_reward_for_identical_models():
+    logits = torch.randn(8, 16)
+    out = mixed_sample(logits, logits, tau=0.0, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.weight, torch.ones(8))
+    torch.testing.assert_close(out.logp_teacher - out.logp_student, torch.zeros(8))
