@@ -1,0 +1,51 @@
+"""ControllerConfig: the option controller's hyperparameters (paper §4.2 and appendix A2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Hyperparameters of the per-layer option controllers. Defaults follow the paper."""
+
+    k_hat: int
+    """K = k̂, the number of allowed experts in an option (§4: 8 or 16 for gpt-oss-20b). Must satisfy
+    k̃ <= k̂ <= N for the model it controls (checked when the controller is built)."""
+
+    expert_embed_dim: int = 128
+    """d_e, size of the learned expert embeddings e_i of the DeepSets encoder (A2: d_e = 128)."""
+
+    hidden: int = 1024
+    """Hidden width of the DeepSets φ MLP (also its output size d_c) and of the termination and
+    option-value MLPs (A2: "hidden dimension 1024")."""
+
+    termination_bias_init: float = -3.0
+    """Initial bias of the termination head's output unit (A2: -3, so β ≈ σ(-3) ≈ 0.047 at the start)."""
+
+    head_init_scale: float = 0.01
+    """Scale applied to the default init of the last Linear of the termination and Q heads, so that β
+    starts at σ(termination_bias_init) for every input and Q starts near 0 (the authors' intended init,
+    digest §1.3; their HF loading overwrote it)."""
+
+    control_prompt: bool = False
+    """If False (default), prompt positions route with the router's own top-k̂ and the controller's
+    t = 0 is the last prompt position (the one that predicts the first generated token). If True, every
+    prompt position is a decision point as in the authors' code (digest §6.5); t = 0 is then each row's
+    first non-padding prompt position."""
+
+    epsilon: float = 0.0
+    """Probability of replacing a Plackett–Luce selection by a uniformly random ordered k̂-tuple (the
+    authors' exploration mixture, not in the paper; off by default). When > 0 the recorded and replayed
+    selection log-probs are those of the mixture, so the policy gradient stays on-policy."""
+
+    norm_eps: float = 1e-6
+    """Epsilon of the RMSNorms on h and z (gpt-oss uses 1e-6)."""
+
+    def __post_init__(self) -> None:
+        if self.k_hat < 1:
+            raise ValueError(f"ControllerConfig.k_hat must be >= 1, got {self.k_hat}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"ControllerConfig.epsilon must be in [0, 1], got {self.epsilon}")
+        if self.expert_embed_dim < 1 or self.hidden < 1:
+            raise ValueError("ControllerConfig.expert_embed_dim and ControllerConfig.hidden must be >= 1")

@@ -1,0 +1,382 @@
+"""The option controller policy: per-layer controllers, explicit per-sequence state, sample/greedy/replay.
+
+Shape legend: B batch, T controlled positions, L MoE layers, N experts, K = k̂ allowed experts,
+k = k̃ routed experts, H hidden, S positions in one forward call.
+
+Time indexing (docs/controller.md): controlled position t is the forward position whose logits give the
+t-th generated token a_t. With `control_prompt=False`, t = 0 is the last prompt position, whose option is
+the router's top-k̂ with d_0 = 0 (§4.2 "Initialization", Alg. 2 line 3); every later forward position
+(one per decode step) is a decision point t = 1, 2, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from temoe.controller.config import ControllerConfig
+from temoe.controller.networks import LayerController
+from temoe.controller.options import (
+    indices_to_mask,
+    initial_option,
+    sample_selection,
+    selection_log_prob,
+)
+
+MaskFn = Callable[[int, Tensor], Tensor]
+"""`fn(i, hidden (B, S, H)) -> bool (B, S, N)`: allowed experts of MoE layer i (`MoEHandle.restrict`)."""
+
+RouterLogitsFn = Callable[[int, Tensor], Tensor]
+"""`fn(i, hidden (B, S, H)) -> (B, S, N)` float: the current router logits of MoE layer i."""
+
+Mode = Literal["sample", "greedy"]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A recorded controlled rollout; column t is controlled position t (see module docstring)."""
+
+    options: Tensor
+    """(B, T, L, K) long: ω_t, the option executed at t (an unordered set, stored in sampled order)."""
+    selected: Tensor
+    """(B, T, L, K) long: the ordered tuple drawn at t (used where `decisions`; ω_0 at initial columns)."""
+    decisions: Tensor
+    """(B, T, L) bool: d_t (False at initial columns and at invalid positions)."""
+    betas: Tensor
+    """(B, T, L) float32: β_t = β(h_t, ω_{t-1}) (0 at initial columns)."""
+    log_probs: Tensor
+    """(B, T, L) float32: log π_sel(selected_t | h_t) (0 at initial columns)."""
+    valid: Tensor
+    """(B, T) bool: position t belongs to the row (before its EOS, not left padding)."""
+    initial: Tensor
+    """(B, T) bool: t = 0 of the row (option = router top-k̂, no decision)."""
+    hidden: Tensor | None
+    """(B, T, L, H) float32 pre-MLP hidden states h_t, or None when not recorded."""
+
+    @property
+    def options_prev(self) -> Tensor:
+        """(B, T, L, K) ω_{t-1}: the option entering t (ω_0 itself at t = 0, where it is unused)."""
+        prev = torch.cat([self.options[:, :1], self.options[:, :-1]], dim=1)
+        return torch.where(self.initial[:, :, None, None], self.options, prev)
+
+    @property
+    def decision_mask(self) -> Tensor:
+        """(B, T) bool: positions with a termination decision (valid and t > 0)."""
+        return self.valid & ~self.initial
+
+    def option_masks(self, num_experts: int) -> Tensor:
+        """(B, T, L, N) bool option masks."""
+        return indices_to_mask(self.options, num_experts)
+
+
+class ReplayOutput(NamedTuple):
+    """Controller outputs recomputed for a recorded trajectory, each (B, T, L) float32, with gradients."""
+
+    beta: Tensor  # β(h_t, ω_{t-1})
+    q_prev: Tensor  # Q(h_t, ω_{t-1})
+    q_exec: Tensor  # Q(h_t, ω_t), ω_t the executed option
+    value: Tensor  # V(h_t)
+    log_prob: Tensor  # log π_sel(selected_t | h_t)
+
+
+class OptionState:
+    """Explicit per-sequence controller state for one batch of rollouts; create with `controller.new_state`.
+
+    Lifecycle (default `control_prompt=False`): run the prompt forward (left-padded) under
+    `handle.restrict(controller.mask_fn(state))`, call `begin_generation()`, then one decode forward per
+    generated token; call `mark_done(rows)` when rows emit EOS so no decisions are counted after it.
+    """
+
+    def __init__(self, num_layers: int, num_experts: int, k_hat: int, batch_size: int, mode: Mode,
+                 generator: torch.Generator | None, record_hidden: bool, control_prompt: bool,
+                 prompt_mask: Tensor | None):
+        if mode not in ("sample", "greedy"):
+            raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
+        self.num_layers, self.num_experts, self.k_hat = num_layers, num_experts, k_hat
+        self.batch_size, self.mode, self.generator = batch_size, mode, generator
+        self.record_hidden, self.control_prompt = record_hidden, control_prompt
+        self.prompt_mask = prompt_mask
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (same batch size): a fresh state for new prompts."""
+        L = self.num_layers
+        self.controlled = self.control_prompt
+        self.done = torch.zeros(self.batch_size, dtype=torch.bool)
+        self.option: list[Tensor | None] = [None] * L  # per layer (B, K): ω_{t-1} entering the next step
+        self.started: list[Tensor | None] = [None] * L  # per layer (B,) bool: row has had its t = 0
+        self.positions = [0] * L  # forward positions seen per layer (indexes prompt_mask)
+        self._pending: list[tuple[Tensor | None, Tensor] | None] = [None] * L  # default mode: (h_0, ω_0)
+        self._columns: list[list[dict[str, Any]]] = [[] for _ in range(L)]
+
+    def mark_done(self, done: Tensor) -> None:
+        """Rows (B,) bool that finished (emitted EOS): later positions are invalid and never switch."""
+        self.done = self.done.to(done.device) | done.bool()
+
+    def begin_generation(self) -> None:
+        """Mark the start of controlled positions, after the prompt forward(s) (default mode only).
+
+        Commits t = 0 at the last prompt position: ω_0 = router top-k̂ there, d_0 = 0.
+        """
+        if self.controlled:
+            raise RuntimeError("begin_generation() called twice, or with control_prompt=True "
+                               "(where every position is controlled from the start)")
+        if any(p is None for p in self._pending):
+            raise RuntimeError("begin_generation() needs the prompt forward first: every MoE layer must "
+                               "have been called once under controller.mask_fn(state)")
+        for i, (h0, omega0) in enumerate(self._pending):
+            B = omega0.shape[0]
+            valid = ~self.done.to(omega0.device)
+            zeros = torch.zeros(B, dtype=torch.float32, device=omega0.device)
+            self._columns[i].append(dict(option=omega0, selected=omega0, decision=torch.zeros_like(valid),
+                                         beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0))
+            self.option[i] = omega0
+            self.started[i] = valid.clone()
+        self.controlled = True
+
+    @property
+    def num_steps(self) -> int:
+        """T: controlled positions recorded so far."""
+        return len(self._columns[0])
+
+    def trajectory(self) -> Trajectory:
+        """Stack the record into (B, T, L, ...) tensors."""
+        if self.num_steps == 0:
+            raise RuntimeError("no controlled positions recorded yet")
+        counts = {len(c) for c in self._columns}
+        assert len(counts) == 1, f"layers recorded different numbers of positions: {counts}"
+
+        def stack(key: str) -> Tensor:
+            # per layer: T columns of (B, ...) -> (B, T, ...); then layers -> (B, T, L, ...)
+            return torch.stack([torch.stack([c[key] for c in cols], dim=1) for cols in self._columns], dim=2)
+
+        hidden = stack("hidden") if self.record_hidden else None
+        first = self._columns[0]
+        return Trajectory(options=stack("option"), selected=stack("selected"), decisions=stack("decision"),
+                          betas=stack("beta"), log_probs=stack("log_prob"),
+                          valid=torch.stack([c["valid"] for c in first], dim=1),
+                          initial=torch.stack([c["initial"] for c in first], dim=1), hidden=hidden)
+
+    def option_masks(self) -> Tensor:
+        """(B, T, L, N) bool: the option mask at every controlled position (for `temoe.metrics`)."""
+        return self.trajectory().option_masks(self.num_experts)
+
+    def switch_rate(self) -> float:
+        """Fraction of (decision position, layer) pairs where the mask changed, ω_t ≠ ω_{t-1} (§2)."""
+        traj = self.trajectory()
+        masks = traj.option_masks(self.num_experts)
+        changed = (masks[:, 1:] != masks[:, :-1]).any(-1)  # (B, T-1, L)
+        keep = traj.decision_mask[:, 1:]  # (B, T-1)
+        return float(changed[keep].float().mean()) if bool(keep.any()) else float("nan")
+
+    def termination_rate(self) -> float:
+        """Fraction of (decision position, layer) pairs with d_t = 1 (a re-selection, same set possible)."""
+        traj = self.trajectory()
+        keep = traj.decision_mask
+        return float(traj.decisions[keep].float().mean()) if bool(keep.any()) else float("nan")
+
+    def mean_beta(self) -> float:
+        """Mean β_t over (decision position, layer) pairs: the expected termination rate."""
+        traj = self.trajectory()
+        keep = traj.decision_mask
+        return float(traj.betas[keep].mean()) if bool(keep.any()) else float("nan")
+
+
+def router_logits_from_handle(handle: Any) -> RouterLogitsFn:
+    """Router logits h W^T + b recomputed from `handle.router_weight(i)` / `handle.router_bias(i)`.
+
+    Reads the handle's current (possibly trained) router each call; it does not call the router module,
+    whose hooks belong to the handle.
+    """
+
+    def fn(i: int, hidden: Tensor) -> Tensor:
+        weight = handle.router_weight(i).to(hidden.device, torch.float32)
+        bias = handle.router_bias(i)
+        bias = None if bias is None else bias.to(hidden.device, torch.float32)
+        return F.linear(hidden.float(), weight, bias)
+
+    return fn
+
+
+def recorded_mask_fn(option_masks: Tensor, start: int) -> MaskFn:
+    """A MaskFn replaying recorded masks in one teacher-forced forward over the whole sequence.
+
+    option_masks (B, T, L, N) bool from `Trajectory.option_masks`; `start` is the input position of
+    controlled position 0 (the last prompt position with `control_prompt=False`). Positions outside
+    [start, start + T) are unrestricted.
+    """
+    B, T, _, N = option_masks.shape
+
+    def fn(i: int, hidden: Tensor) -> Tensor:
+        S = hidden.shape[1]
+        mask = torch.ones(B, S, N, dtype=torch.bool, device=hidden.device)
+        end = min(S, start + T)
+        mask[:, start:end] = option_masks[:, : end - start, i].to(hidden.device)
+        return mask
+
+    return fn
+
+
+class OptionController(nn.Module):
+    """L independent `LayerController`s (same architecture, separate parameters, §4.2) and the policy.
+
+    Not registered inside the HF model, so HF's missing-key initialisation never touches it.
+    """
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, hidden_size: int,
+                 config: ControllerConfig):
+        super().__init__()
+        if not top_k <= config.k_hat <= num_experts:
+            raise ValueError(f"ControllerConfig.k_hat={config.k_hat} must satisfy top_k={top_k} <= k_hat <= "
+                             f"num_experts={num_experts}")
+        self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
+        self.hidden_size = hidden_size
+        self.config = config
+        self.layers = nn.ModuleList(LayerController(num_experts, hidden_size, config)
+                                    for _ in range(num_layers))
+        self.router_logits: RouterLogitsFn | None = None
+
+    @classmethod
+    def from_handle(cls, handle: Any, config: ControllerConfig) -> OptionController:
+        """Build from a `temoe.wrap(model)` handle: dims from it, selection heads copied from its routers."""
+        controller = cls(handle.num_layers, handle.num_experts, handle.top_k, handle.hidden_size, config)
+        for i, layer in enumerate(controller.layers):
+            layer.init_selection_from_router(handle.router_weight(i), handle.router_bias(i))
+        controller.router_logits = router_logits_from_handle(handle)
+        return controller
+
+    @property
+    def k_hat(self) -> int:
+        return self.config.k_hat
+
+    def num_parameters(self, per_layer: bool = False) -> int:
+        """Parameter count of all L controllers (or of one layer's controller)."""
+        module = self.layers[0] if per_layer else self
+        return sum(p.numel() for p in module.parameters())
+
+    def new_state(self, batch_size: int, generator: torch.Generator | None = None, mode: Mode = "sample",
+                  record_hidden: bool = True, prompt_mask: Tensor | None = None) -> OptionState:
+        """A fresh `OptionState` for `batch_size` sequences.
+
+        generator: on the model's device; drives d_t ~ Bernoulli(β_t) and the Plackett–Luce draws.
+        mode: "sample" (training rollouts) or "greedy" (d_t = [β_t >= 0.5], ω_t = top-k̂ of c_t).
+        record_hidden: keep h_t (float32, B*T*L*H floats) for `replay`.
+        prompt_mask: (B, P) bool attention mask of the left-padded prompt; only used with
+        `control_prompt=True`, where its False positions are not decision points.
+        """
+        return OptionState(self.num_layers, self.num_experts, self.k_hat, batch_size, mode, generator,
+                           record_hidden, self.config.control_prompt, prompt_mask)
+
+    def mask_fn(self, state: OptionState, router_logits: RouterLogitsFn | None = None) -> MaskFn:
+        """The MaskFn for `handle.restrict(...)` that runs the policy online and records into `state`.
+
+        router_logits: current router logits, for ω_0 = top-k̂ (defaults to the handle given to
+        `from_handle`).
+        """
+        router_logits = router_logits or self.router_logits
+        if router_logits is None:
+            raise ValueError("mask_fn needs router logits for the initial option: build the controller with "
+                             "OptionController.from_handle(handle, config) or pass router_logits=")
+
+        @torch.no_grad()
+        def fn(i: int, hidden: Tensor) -> Tensor:
+            if state.controlled:
+                return self._controlled_call(i, hidden, state, router_logits)
+            return self._prompt_call(i, hidden, state, router_logits)
+
+        return fn
+
+    def _prompt_call(self, i: int, hidden: Tensor, state: OptionState,
+                     router_logits: RouterLogitsFn) -> Tensor:
+        """Default mode, prompt forward: router's own routing; the last column gets ω_0 (pending t = 0)."""
+        B, S, _ = hidden.shape
+        last = hidden[:, -1]  # (B, H): the position predicting the first generated token (left padding)
+        omega0 = initial_option(router_logits(i, last[:, None])[:, 0], self.k_hat)  # (B, K)
+        state._pending[i] = (last.float().clone() if state.record_hidden else None, omega0)
+        state.positions[i] += S
+        mask = torch.ones(B, S, self.num_experts, dtype=torch.bool, device=hidden.device)
+        # Restricting to the router's own top-k̂ leaves its top-k̃ unchanged; done for exactness at t = 0.
+        mask[:, -1] = indices_to_mask(omega0, self.num_experts)
+        return mask
+
+    def _controlled_call(self, i: int, hidden: Tensor, state: OptionState,
+                         router_logits: RouterLogitsFn) -> Tensor:
+        """S controlled positions in order (a decode call has S = 1): decide, record, return (B, S, N)."""
+        B, S, _ = hidden.shape
+        device, K, layer = hidden.device, self.k_hat, self.layers[i]
+        if state.option[i] is None:  # control_prompt=True, first call
+            state.option[i] = torch.arange(K, device=device).expand(B, K).clone()  # placeholder, never used
+            state.started[i] = torch.zeros(B, dtype=torch.bool, device=device)
+        masks = []
+        for s in range(S):  # sequential by nature: ω_t depends on d_t, which depends on ω_{t-1}
+            h = hidden[:, s].float()  # (B, H)
+            pos = state.positions[i]
+            valid = ~state.done.to(device)
+            if state.prompt_mask is not None and pos < state.prompt_mask.shape[1]:
+                valid = valid & state.prompt_mask[:, pos].to(device)
+            started = state.started[i]
+            init_rows, decide_rows = valid & ~started, valid & started
+            option_prev = state.option[i]
+
+            beta = torch.sigmoid(layer.termination_logit(h, option_prev))  # (B,)
+            logits = layer.selection_logits(h)  # (B, N)
+            if state.mode == "sample":
+                d = torch.bernoulli(beta, generator=state.generator).bool()
+                selected = sample_selection(logits, K, self.config.epsilon, state.generator)
+            else:
+                d = beta >= 0.5
+                selected = logits.topk(K, dim=-1).indices
+            log_prob = selection_log_prob(logits, selected, self.config.epsilon)
+            d = d & decide_rows
+            option = torch.where(d[:, None], selected, option_prev)
+            if bool(init_rows.any()):
+                omega0 = initial_option(router_logits(i, h[:, None])[:, 0], K)
+                option = torch.where(init_rows[:, None], omega0, option)
+                selected = torch.where(init_rows[:, None], omega0, selected)
+                beta = beta.masked_fill(init_rows, 0.0)
+                log_prob = log_prob.masked_fill(init_rows, 0.0)
+
+            state.option[i] = option
+            state.started[i] = started | init_rows
+            state.positions[i] = pos + 1
+            state._columns[i].append(dict(option=option, selected=selected, decision=d, beta=beta,
+                                          log_prob=log_prob, valid=valid, initial=init_rows,
+                                          hidden=h.clone() if state.record_hidden else None))
+            mask = indices_to_mask(option, self.num_experts)
+            masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
+        return torch.stack(masks, dim=1)
+
+    def replay(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor,
+               selected: Tensor) -> ReplayOutput:
+        """Recompute β, Q(h, ω_{t-1}), Q(h, ω_t), V and log π_sel for a recorded trajectory, with gradients.
+
+        hidden (B, T, L, H), options_prev (B, T, L, K) = ω_{t-1}, decisions (B, T, L) bool,
+        selected (B, T, L, K) -> ReplayOutput of (B, T, L) float32. The option sequence is in the record,
+        so this is vectorised over time (a loop over the L layers only).
+        ω_t = selected where d_t, else ω_{t-1}.
+        """
+        outs = []
+        for i, layer in enumerate(self.layers):
+            h, prev, sel = hidden[:, :, i].float(), options_prev[:, :, i], selected[:, :, i]
+            option = torch.where(decisions[:, :, i, None], sel, prev)
+            outs.append(ReplayOutput(
+                beta=torch.sigmoid(layer.termination_logit(h, prev)),
+                q_prev=layer.option_value(h, prev),
+                q_exec=layer.option_value(h, option),
+                value=layer.state_value(h),
+                log_prob=selection_log_prob(layer.selection_logits(h), sel, self.config.epsilon),
+            ))
+        return ReplayOutput(*(torch.stack(parts, dim=2) for parts in zip(*outs)))
+
+    def replay_trajectory(self, trajectory: Trajectory) -> ReplayOutput:
+        """`replay` on a recorded `Trajectory` (needs `record_hidden=True`)."""
+        if trajectory.hidden is None:
+            raise ValueError("the trajectory has no hidden states: record with new_state(record_hidden=True) "
+                             "or call replay(hidden, ...) with states from a traced forward")
+        return self.replay(trajectory.hidden, trajectory.options_prev, trajectory.decisions,
+                           trajectory.selected)
