@@ -1,0 +1,76 @@
+"""Training prompts: read a JSONL file, apply the chat template, drop over-long prompts, and hand out the
+left-padded batch of step s deterministically (so a resumed run sees exactly the prompts it would have seen).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def resolve_prompts_path(spec: str) -> Path:
+    """`embedded:NAME` -> `temoe.embedded.data_path(NAME)`; anything else is a file path."""
+    if spec.startswith("embedded:"):
+        from temoe.embedded import data_path
+
+        return Path(data_path(spec.split(":", 1)[1]))
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {spec!r} not found (config key prompts)")
+    return path
+
+
+def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt, as a user turn with the generation prompt when the tokenizer has a template."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some tokenizer versions
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+class PromptSource:
+    """Tokenised prompts; `batch(step, rank, world)` returns this process's slice of step `step`'s prompts."""
+
+    def __init__(self, prompts: list[list[int]], per_step: int, seed: int, pad_token_id: int):
+        if not prompts:
+            raise ValueError("no training prompts left (all longer than max_prompt_tokens?)")
+        self.prompts, self.per_step, self.seed, self.pad_token_id = prompts, per_step, seed, pad_token_id
+
+    @classmethod
+    def from_jsonl(cls, spec: str, tokenizer, *, per_step: int, seed: int, max_prompt_tokens: int,
+                   chat_template: bool = True, pad_token_id: int) -> PromptSource:
+        encoded = []
+        for line in resolve_prompts_path(spec).read_text().splitlines():
+            if line.strip():
+                ids = encode_prompt(tokenizer, json.loads(line)["prompt"], chat_template)
+                if 0 < len(ids) <= max_prompt_tokens:  # §5: prompts of at most 512 tokens
+                    encoded.append(ids)
+        return cls(encoded, per_step, seed, pad_token_id)
+
+    def indices(self, step: int) -> list[int]:
+        """Global prompt indices of step `step` (0-based): epochs of seeded permutations, consumed in order."""
+        n, out, start = len(self.prompts), [], step * self.per_step
+        for pos in range(start, start + self.per_step):
+            epoch, offset = divmod(pos, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            out.append(int(perm[offset]))
+        return out
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[Tensor, Tensor]:
+        """(ids (B, P) long left-padded, mask (B, P) bool) for this process, B = per_step / world."""
+        idx = self.indices(step)
+        b = len(idx) // world
+        seqs = [self.prompts[i] for i in idx[rank * b:(rank + 1) * b]]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, width - len(s):] = True
+        return ids, mask
