@@ -1,12 +1,45 @@
-"""`temoe train` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe train`: option-critic controller training with on-policy self-distillation (Alg. 2).
+
+Flags are shorthands for config keys; any other key is set with `key=value`. Precedence: defaults < --config
+YAML < flags < key=value. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
+"""
 
 from __future__ import annotations
 
+import argparse
+
+#: flag -> config key
+_SHORTHANDS = {"model": "model", "k_hat": "k_hat", "eta": "eta", "steps": "steps", "out": "out_dir",
+               "seed": "seed"}
+
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="(not implemented yet)")
+    p = sub.add_parser("train", help="train option controllers + LoRA (paper Alg. 2)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
+    p.add_argument("--k-hat", type=int, help="allowed experts per option k̂ [k_hat]")
+    p.add_argument("--eta", type=float, help="deliberation cost η [eta]")
+    p.add_argument("--steps", type=int, help="optimisation steps [steps]")
+    p.add_argument("--out", help="run directory [out_dir]")
+    p.add_argument("--seed", type=int, help="seed [seed]")
+    p.add_argument("--config", help="YAML file, or a shipped config name (tiny, gpt-oss-20b)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError("temoe train is not implemented yet")
+    from accelerate import PartialState
+
+    from temoe.train.config import load_config, parse_overrides
+    from temoe.train.trainer import train
+
+    overrides = {key: getattr(args, flag) for flag, key in _SHORTHANDS.items() if getattr(args, flag) is not None}
+    overrides.update(parse_overrides(args.overrides))
+    config = load_config(args.config, overrides, num_processes=PartialState().num_processes)
+    result = train(config, resume=args.resume)
+    if result.metrics:
+        last = result.metrics[-1]
+        print(f"step {last['step']}: reward {last['rollout/reward']:.4f}, switch rate "
+              f"{last['rollout/switch_rate']:.4f}; run dir {result.run_dir}")
+    return 0

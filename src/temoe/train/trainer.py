@@ -57,6 +57,12 @@ class RunResult:
     """The per-step records written by this call (also in run_dir/metrics.jsonl)."""
     checkpoint: Path | None
     """The newest checkpoint written."""
+    model: Any = None
+    """The trained student (PeftModel, unwrapped from DDP), for inspection and tests."""
+    handle: Any = None
+    """Its `temoe.wrap` handle."""
+    controller: OptionController | None = None
+    """The trained controller."""
 
 
 class ControllerReplay(nn.Module):
@@ -317,7 +323,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
                                    keep=config.keep_checkpoints)
     logger.close()
     accelerator.end_training()
-    return RunResult(run_dir=run_dir, steps=config.steps, metrics=records, checkpoint=ckpt)
+    return RunResult(run_dir=run_dir, steps=config.steps, metrics=records, checkpoint=ckpt, model=peft_model,
+                     handle=handle, controller=controller)
 
 
 def _policy_update(ddp_model, handle, accelerator: Accelerator, batch: RolloutBatch, advantages: Tensor,
