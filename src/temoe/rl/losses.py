@@ -17,6 +17,10 @@ def _per_layer(x: Tensor) -> Tensor:
     return x.unsqueeze(-1) if x.dim() == 2 else x
 
 
+def _f(x: Tensor) -> float:
+    return float(x.detach())
+
+
 def _masked_mean(x: Tensor, m: Tensor) -> Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
@@ -40,8 +44,8 @@ def critic_loss(values: Tensor, q_exec: Tensor, v_target: Tensor, q_target: Tens
     v_mse = _masked_mean((v - vt.detach()) ** 2, m)
     q_mse = _masked_mean((q - qt.detach()) ** 2, m)
     loss = coef * (v_mse + q_mse)
-    return loss, {"loss/critic": float(v_mse + q_mse), "loss/value_mse": float(v_mse),
-                  "loss/option_value_mse": float(q_mse)}
+    return loss, {"loss/critic": _f(v_mse + q_mse), "loss/value_mse": _f(v_mse),
+                  "loss/option_value_mse": _f(q_mse)}
 
 
 def termination_loss(betas: Tensor, q_prev: Tensor, values: Tensor, mask: Tensor, eta: float,
@@ -63,11 +67,11 @@ def termination_loss(betas: Tensor, q_prev: Tensor, values: Tensor, mask: Tensor
     w = m if weights is None else m * weights.float()[..., None]
     per_layer = (w * b * adv / scale).sum((0, 1)) / w.sum((0, 1)).clamp_min(1e-12)  # (L,)
     loss = per_layer.mean()
-    return loss, {"loss/termination": float(loss),
-                  "termination/adv_mean": float(_masked_mean(adv, m)),
-                  "termination/adv_rms": float(scale.mean()),
-                  "termination/beta_mean": float(_masked_mean(b, m)),
-                  "termination/frac_keep_preferred": float(_masked_mean((adv > 0).float(), m))}
+    return loss, {"loss/termination": _f(loss),
+                  "termination/adv_mean": _f(_masked_mean(adv, m)),
+                  "termination/adv_rms": _f(scale.mean()),
+                  "termination/beta_mean": _f(_masked_mean(b, m)),
+                  "termination/frac_keep_preferred": _f(_masked_mean((adv > 0).float(), m))}
 
 
 def selection_loss(log_probs: Tensor, q_exec: Tensor, values: Tensor, switches: Tensor,
@@ -88,8 +92,8 @@ def selection_loss(log_probs: Tensor, q_exec: Tensor, values: Tensor, switches: 
     w = s if weights is None else s * weights.float()[..., None]
     per_layer = -(w * lp * adv / scale).sum((0, 1)) / w.sum((0, 1)).clamp_min(1e-12)  # (L,)
     loss = per_layer.mean()
-    return loss, {"loss/selection": float(loss), "selection/num_switches": float(s.sum()),
-                  "selection/adv_mean": float(_masked_mean(adv, s)), "selection/adv_rms": float(scale.mean())}
+    return loss, {"loss/selection": _f(loss), "selection/num_switches": _f(s.sum()),
+                  "selection/adv_mean": _f(_masked_mean(adv, s)), "selection/adv_rms": _f(scale.mean())}
 
 
 def intra_option_loss(token_log_probs: Tensor, advantages: Tensor, valid: Tensor,
@@ -103,5 +107,5 @@ def intra_option_loss(token_log_probs: Tensor, advantages: Tensor, valid: Tensor
     m = valid.float()
     w = m if weights is None else m * weights.float()
     loss = -(w * token_log_probs.float() * advantages.detach().float()).sum() / w.sum().clamp_min(1e-12)
-    return loss, {"loss/intra_option": float(loss),
-                  "intra_option/adv_mean": float(_masked_mean(advantages.float(), m))}
+    return loss, {"loss/intra_option": _f(loss),
+                  "intra_option/adv_mean": _f(_masked_mean(advantages.float(), m))}
