@@ -1,0 +1,345 @@
+"""Offloaded MoE execution: each layer's fused experts module is replaced in place (reversibly, the
+original kept
+as `base_layer`) by a wrapper that computes only with experts resident in the layer's device slots.
+
+The wrapper remaps the router's expert ids to slot ids and calls the experts module's own forward (whatever
+`experts_implementation` is configured) on a compact copy whose parameters are the slot buffers, so every
+architecture's math (gpt_oss interleaved gate/up + bias + clamped gate; concatenated `[N,2I,H]` layouts) is
+reused unchanged. Which experts are resident is decided by a `ResidencyPolicy`; bytes are moved by the store.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from temoe.serve.policy import (
+    FullPolicy,
+    LRUPolicy,
+    OptionPolicy,
+    ResidencyOverflow,
+    ResidencyPolicy,
+    StaticPolicy,
+)
+from temoe.serve.slots import SlotTable
+from temoe.serve.stats import RoutingStats, TransferStats, engine_summary
+from temoe.serve.store import ExpertMover, HostExpertStore, SlotBank
+
+MaskFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class OffloadedExperts(nn.Module):
+    """Stand-in for one layer's experts module; `base_layer` is the original (its expert weights now live in
+    the engine's host store). forward(hidden (T, H), top_k_index (T, k), top_k_weights (T, k)) -> (T, H)."""
+
+    def __init__(self, base_layer: nn.Module, engine: OffloadEngine, layer: int):
+        super().__init__()
+        self.base_layer = base_layer
+        self.layer = layer
+        object.__setattr__(self, "_engine", engine)  # not a submodule: no cycle in the module tree
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        return self._engine._run(self.layer, hidden_states, top_k_index, top_k_weights)
+
+
+def _compact(base: nn.Module, bank: SlotBank, num_rows: int) -> nn.Module:
+    """A shallow copy of `base` whose expert parameters are the bank's slot views (num_rows, *shape)."""
+    module = copy.copy(base)
+    module._parameters = dict(bank.params)  # plain tensors are fine: inference only, read via __getattr__
+    module._buffers = dict(base._buffers)
+    module._modules = dict(base._modules)
+    module.num_experts = num_rows
+    return module
+
+
+def _as_mask_fn(masks, num_layers: int) -> MaskFn:
+    """Static (L, N) or per-sequence (B, L, N) bool masks as a MaskFn: fn(i, hidden (B, S, H)) ->
+    (B, S, N)."""
+    if callable(masks):
+        return masks
+    if masks.dtype != torch.bool or masks.dim() not in (2, 3) or masks.shape[-2] != num_layers:
+        raise ValueError(
+            f"masks must be a bool tensor (L={num_layers}, N) or (B, L, N) or a MaskFn, "
+            f"got {tuple(masks.shape)} {masks.dtype}"
+        )
+
+    def fn(i: int, hidden: torch.Tensor) -> torch.Tensor:
+        B, S = hidden.shape[0], hidden.shape[1]
+        m = masks[i] if masks.dim() == 2 else masks[:, i]  # (N,) or (B, N)
+        return m.to(hidden.device).reshape(-1, 1, m.shape[-1]).expand(B, S, -1)
+
+    return fn
+
+
+class OffloadEngine:
+    """Keeps all expert weights in a host store and, per MoE layer, `policy.num_slots` experts on `device`.
+
+    Use: `engine = OffloadEngine(handle, policy, device)`; for every forward call
+    `with engine.step(stream, masks, batch_shape=(B, S), prefill=...): model(...)`;
+    `engine.release(stream)` when
+    a request ends; `engine.detach()` restores the model (expert weights back in their parameters).
+    `masks` (option/static/full modes) is what `handle.restrict` takes: (L, N), (B, L, N) or a
+    MaskFn; the engine
+    records the allowed set at each layer (union over the batch rows' last position) as that stream's option.
+
+    Prefill (`prefill=True`, S > 1): if the experts routed by the prompt fit in the layer's slots
+    together with the
+    wanted resident set, they are loaded into slots; otherwise the layer streams through a staging bank of N
+    rows (one layer at a time, reused by every layer): routed experts are copied in (resident ones device-to-
+    device), the layer runs, then the experts the last prompt position needs are placed in slots
+    (from staging).
+    """
+
+    def __init__(
+        self,
+        handle,
+        policy: ResidencyPolicy,
+        device: torch.device | str | None = None,
+        sim_bandwidth_gbps: float | None = None,
+    ):
+        self.handle = handle
+        self.policy = policy
+        model = handle.model
+        self.num_layers, self.num_experts, self.top_k = handle.num_layers, handle.num_experts, handle.top_k
+        if policy.num_slots < self.top_k:
+            raise ValueError(f"expert budget {policy.num_slots} per layer is below top-k={self.top_k}")
+        if policy.num_slots > self.num_experts:
+            raise ValueError(
+                f"expert budget {policy.num_slots} exceeds the {self.num_experts} experts per layer"
+            )
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.sim_bandwidth_gbps = sim_bandwidth_gbps
+        self.transfer = TransferStats()
+        self.routing = RoutingStats(self.num_layers)
+        bases = list(handle.experts)
+        self.store = HostExpertStore(bases, self.num_experts, self.device)
+        self.mover = ExpertMover(self.store, self.device, self.transfer)
+        layout = self.store.layout
+        self._orig_device = [next(b.parameters()).device for b in bases]
+        with torch.no_grad():  # free the original expert weights: the host store holds them now
+            for base in bases:
+                for name in layout.names:
+                    getattr(base, name).data = torch.empty(0, dtype=layout.dtype, device=self.device)
+        model.to(self.device)
+        self.tables = [SlotTable(self.num_experts, policy.num_slots) for _ in range(self.num_layers)]
+        self.banks = [SlotBank(layout, policy.num_slots, self.device) for _ in range(self.num_layers)]
+        self._compacts = [_compact(b, bank, policy.num_slots) for b, bank in zip(bases, self.banks)]
+        self._staging: SlotBank | None = None
+        self._staging_compacts: list[nn.Module] | None = None
+        self._wrappers: list[tuple[nn.Module, str, OffloadedExperts]] = []
+        for i, (block, base) in enumerate(zip(handle.blocks, bases)):
+            attr = next(n for n, child in block.named_children() if child is base)
+            wrapper = OffloadedExperts(base, self, i)
+            setattr(block, attr, wrapper)
+            self._wrappers.append((block, attr, wrapper))
+        for i in range(self.num_layers):
+            experts = policy.initial(i)
+            slots = [self.tables[i].allocate(e, set(experts))[0] for e in experts]
+            self.mover.load(i, experts, self.banks[i], slots, "initial")
+        self._stream = 0
+        self._prefill = False
+        self._batch_shape: tuple[int, int] | None = None
+        self._last_option: dict[tuple[int, int], set[int]] = {}
+        self.decode_tokens = 0
+        self.last_cache = None  # KV cache of the latest decode_steps call (for the memory report)
+
+    # ----------------------------------------------------------------------------------------- public API
+    @contextmanager
+    def step(
+        self, stream: int = 0, masks=None, *, batch_shape: tuple[int, int], prefill: bool
+    ) -> Iterator[None]:
+        """Context for one forward call of `stream` over input ids of shape `batch_shape` (B, S)."""
+        if (
+            isinstance(self.policy, OptionPolicy)
+            and masks is None
+            and not isinstance(self.policy, StaticPolicy)
+        ):
+            raise ValueError(
+                "option mode needs routing masks or a controller MaskFn; use mode='lru' or 'full' "
+                "for the base router"
+            )
+        self._stream, self._prefill, self._batch_shape = stream, prefill, batch_shape
+        if masks is None:
+            yield
+            return
+        inner = _as_mask_fn(masks, self.num_layers)
+
+        def recording(i: int, hidden: torch.Tensor) -> torch.Tensor:
+            allowed = inner(i, hidden)  # (B, S, N) bool
+            self._record_option(i, allowed[:, -1].any(0))  # the option in force after this call
+            return allowed
+
+        with self.handle.restrict(recording):
+            yield
+
+    def release(self, stream: int) -> None:
+        """A request finished: drop its options (its experts become evictable)."""
+        self.policy.release(stream)
+        for key in [k for k in self._last_option if k[0] == stream]:
+            del self._last_option[key]
+
+    def detach(self) -> None:
+        """Undo everything: original experts modules back in place with their weights on their
+        original device."""
+        with torch.no_grad():
+            for (block, attr, wrapper), dev in zip(self._wrappers, self._orig_device):
+                base = wrapper.base_layer
+                for name in self.store.layout.names:
+                    getattr(base, name).data = self.store.unpack(wrapper.layer, name).to(dev)
+                setattr(block, attr, base)
+        self._wrappers.clear()
+
+    def memory_report(self, cache=None) -> dict:
+        """Device memory split (bytes): non-expert weights, resident expert slots, prefill staging,
+        KV cache."""
+        model = self.handle.model
+        tensors = list(model.parameters()) + list(model.buffers())
+        out = {
+            "serve/vram_non_expert_bytes": sum(
+                t.numel() * t.element_size() for t in tensors if t.device.type == self.device.type
+            ),
+            "serve/vram_resident_expert_bytes": sum(b.nbytes for b in self.banks),
+            "serve/vram_staging_bytes": self._staging.nbytes if self._staging is not None else 0,
+            "serve/vram_kv_cache_bytes": cache_bytes(cache) if cache is not None else 0,
+            "serve/host_store_bytes": self.store.nbytes,
+            "serve/pinned_host_bytes": self.store.nbytes if self.store.pinned else 0,
+            "serve/expert_slots_per_layer": self.policy.num_slots,
+            "serve/resident_expert_fraction": self.policy.num_slots / self.num_experts,
+            "serve/device_tier": "cuda" if self.device.type == "cuda" else "simulated (cpu)",
+        }
+        if self.device.type == "cuda":
+            out["serve/vram_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return out
+
+    def summary(self, measured_bandwidth_gbps: float | None = None) -> dict:
+        return engine_summary(
+            self.transfer,
+            self.routing,
+            decode_tokens=self.decode_tokens,
+            sim_bandwidth_gbps=self.sim_bandwidth_gbps,
+            measured_bandwidth_gbps=measured_bandwidth_gbps,
+        )
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _record_option(self, layer: int, allowed: torch.Tensor) -> None:
+        option = set(allowed.nonzero().flatten().tolist())
+        self.policy.set_options(self._stream, layer, option)
+        key = (self._stream, layer)
+        prev = self._last_option.get(key)
+        if prev is not None and not self._prefill:
+            self.routing.option_steps += 1
+            if option != prev:
+                self.routing.switches += 1
+                self.routing.replaced.append(len(option - prev))
+        self._last_option[key] = option
+
+    def _run(
+        self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Expert computation of `layer` for hidden (T, H), ids and weights (T, k), reading only
+        device slots."""
+        table, bank = self.tables[layer], self.banks[layer]
+        routed = set(top_k_index.unique().tolist())  # one host sync per layer: the policy decides on the host
+        resident = table.resident()
+        try:
+            plan = self.policy.plan(layer, routed, resident, self._stream)
+        except ResidencyOverflow:
+            if not self._prefill:
+                raise
+            return self._run_staged(layer, hidden, top_k_index, top_k_weights)
+        if not self._prefill:
+            self.routing.hits += len(routed & resident)
+            self.routing.misses += len(routed - resident)
+            self.routing.union_sizes.append(len(plan.keep))
+        self._load(
+            layer, plan.critical, plan.keep, "prefill" if self._prefill else "critical", background=False
+        )
+        self._load(
+            layer, plan.background, plan.keep, "prefill" if self._prefill else "background", background=True
+        )
+        table.touch(routed)
+        self.mover.before_compute(bank, [int(table.slot_of[e]) for e in routed])
+        out = self._compacts[layer].forward(hidden, table.lookup(top_k_index), top_k_weights)
+        self.mover.after_compute(layer)
+        return out
+
+    def _load(self, layer: int, experts: list[int], keep: set[int], kind: str, background: bool) -> None:
+        if not experts:
+            return
+        table = self.tables[layer]
+        slots = []
+        for e in experts:
+            slot, victim = table.allocate(e, keep)
+            self.transfer.evictions += victim >= 0
+            slots.append(slot)
+        self.mover.load(layer, experts, self.banks[layer], slots, kind, background=background)
+
+    def _run_staged(self, layer, hidden, top_k_index, top_k_weights):
+        """Prefill through the N-row staging bank (identity ids), then seat the last position's experts."""
+        if self._staging is None:
+            self._staging = SlotBank(self.store.layout, self.num_experts, self.device)
+            self._staging_compacts = [
+                _compact(w.base_layer, self._staging, self.num_experts) for _, _, w in self._wrappers
+            ]
+        table, bank, staging = self.tables[layer], self.banks[layer], self._staging
+        routed = sorted(set(top_k_index.unique().tolist()))
+        from_host = [e for e in routed if not table.is_resident(e)]
+        for e in routed:
+            if table.is_resident(e):
+                slot = int(table.slot_of[e])
+                self.mover.before_compute(bank, [slot])
+                self.mover.copy_device(staging.rows[e], bank.rows[slot])
+        self.mover.load(layer, from_host, staging, from_host, "prefill")
+        out = self._staging_compacts[layer].forward(hidden, top_k_index, top_k_weights)
+        B, S = self._batch_shape
+        last = set(top_k_index.view(B, S, -1)[:, -1].unique().tolist())
+        plan = self.policy.plan(layer, last, table.resident(), self._stream)
+        for e in plan.critical + plan.background:
+            slot, victim = table.allocate(e, plan.keep)
+            self.transfer.evictions += victim >= 0
+            if e in routed:
+                self.mover.before_compute(bank, [slot])
+                self.mover.copy_device(bank.rows[slot], staging.rows[e])
+            else:
+                self.mover.load(layer, [e], bank, [slot], "prefill")
+        table.touch(last)
+        return out
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by a transformers KV cache (every tensor reachable from its layers)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in vars(layer).values():
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def make_policy(
+    mode: str,
+    num_layers: int,
+    num_experts: int,
+    *,
+    expert_budget: int | None = None,
+    static_mask: torch.Tensor | None = None,
+) -> ResidencyPolicy:
+    """The policy for a serving mode: option (needs `expert_budget` slots), static (a fixed mask),
+    lru, full."""
+    if mode == "full":
+        return FullPolicy(num_experts)
+    if mode == "static":
+        if static_mask is None:
+            raise ValueError("mode='static' needs a bool mask (L, N)")
+        return StaticPolicy(static_mask)
+    if expert_budget is None:
+        raise ValueError(f"mode={mode!r} needs expert_budget (slots per layer)")
+    if mode == "option":
+        return OptionPolicy(num_layers, expert_budget)
+    if mode == "lru":
+        return LRUPolicy(expert_budget)
+    raise ValueError(f"unknown mode {mode!r}; valid: option, static, lru, full")

@@ -1,0 +1,506 @@
+"""OpenAI-compatible HTTP server (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/v1/stats`) over
+the offloading engine, with one controller state per request.
+
+Concurrency: one worker thread owns the model and interleaves the active requests token by token (one batch-1
+forward per step, round robin). The resident set of a layer is the union of the active requests' options, so
+in option mode at most `expert_budget // k̂` requests are active at once (the cap); later requests wait in a
+FIFO of `max_queue`, and beyond that get HTTP 429. A failing request is answered with its error and dropped
+without touching the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from temoe.serve.engine import OffloadEngine
+from temoe.serve.generate import decode_steps, resolve_masks
+
+
+class RequestError(Exception):
+    """A client error: answered with `status` and an OpenAI-style error body."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
+def _error(message: str, status: int, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status
+    )
+
+
+@dataclass
+class Job:
+    """One request inside the worker: its token generator, output queue and per-request statistics."""
+
+    input_ids: torch.Tensor
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int | None
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    stream_id: int = 0
+    cancelled: bool = False
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    start: float = field(default_factory=time.perf_counter)
+    token_times: list[float] = field(default_factory=list)
+
+    def emit(self, kind: str, payload) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+
+
+class Worker:
+    """Owns the model; admits at most `max_active` jobs and interleaves them token by token."""
+
+    def __init__(
+        self,
+        engine: OffloadEngine,
+        tokenizer,
+        controller=None,
+        static_masks=None,
+        max_active: int = 1,
+        max_queue: int = 16,
+    ):
+        self.engine, self.tokenizer, self.controller, self.static_masks = (
+            engine,
+            tokenizer,
+            controller,
+            static_masks,
+        )
+        self.max_active, self.max_queue = max_active, max_queue
+        self._waiting: deque[Job] = deque()
+        self._active: list[tuple[Job, object]] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stop = False
+        self.completed = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._loop, name="temoe-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise RequestError(
+                    f"server busy: {len(self._active)} active requests (cap {self.max_active}) and "
+                    f"{len(self._waiting)} waiting (queue limit {self.max_queue}); retry later",
+                    429,
+                )
+            job.stream_id = next(self._ids)
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def load(self) -> dict:
+        return {
+            "active": len(self._active),
+            "waiting": len(self._waiting),
+            "max_active": self.max_active,
+            "max_queue": self.max_queue,
+            "completed": self.completed,
+            "failed": self.failed,
+        }
+
+    def _start(self, job: Job):
+        gen = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
+        route, _, state = resolve_masks(
+            self.engine.handle, self.controller, self.static_masks, temperature=job.temperature, generator=gen
+        )
+        eos = self.tokenizer.eos_token_id
+        return decode_steps(
+            self.engine,
+            job.input_ids,
+            job.max_tokens,
+            masks=route,
+            stream=job.stream_id,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            generator=gen,
+            eos_token_id=eos,
+            on_prefill_done=getattr(state, "begin_generation", None),
+        )
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting and not self._active:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                while self._waiting and len(self._active) < self.max_active:
+                    job = self._waiting.popleft()
+                    self._active.append((job, None))
+            for idx, (job, steps) in enumerate(list(self._active)):
+                self._step(idx, job, steps)
+            self._active = [(j, s) for j, s in self._active if s is not False]
+
+    def _step(self, idx: int, job: Job, steps) -> None:
+        """Advance one job by one token; on completion/failure mark its slot False (removed by the loop)."""
+        finish = None
+        try:
+            if job.cancelled:
+                finish = "cancelled"
+            else:
+                if steps is None:
+                    steps = self._start(job)
+                    self._active[idx] = (job, steps)
+                token = next(steps, None)
+                if token is None:
+                    finish = "length"
+                else:
+                    finish = self._accept(job, token)
+        except Exception as err:  # a failing request must not take the worker (or other requests) down
+            self.failed += 1
+            job.emit("error", f"{type(err).__name__}: {err}")
+            finish = "error"
+        if finish is not None:
+            self.engine.release(job.stream_id)
+            if finish not in ("error", "cancelled"):
+                self.completed += 1
+                job.emit("done", (finish, self._usage(job)))
+            self._active[idx] = (job, False)
+
+    def _accept(self, job: Job, token: int) -> str | None:
+        job.token_times.append(time.perf_counter())
+        eos = token == self.tokenizer.eos_token_id
+        if not eos:
+            job.tokens.append(token)
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        for stop in job.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                self._emit_text(job, text[:cut])
+                return "stop"
+        if not text.endswith("\ufffd"):
+            self._emit_text(job, text)
+        if eos:
+            return "stop"
+        if len(job.token_times) >= job.max_tokens:
+            return "length"
+        return None
+
+    def _emit_text(self, job: Job, text: str) -> None:
+        if len(text) > len(job.text):
+            job.emit("text", text[len(job.text) :])
+            job.text = text
+
+    def _usage(self, job: Job) -> dict:
+        prompt = int(job.input_ids.shape[1])
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(job.token_times),
+            "total_tokens": prompt + len(job.token_times),
+        }
+        if job.token_times:
+            usage["ttft_ms"] = (job.token_times[0] - job.start) * 1e3
+            span = job.token_times[-1] - job.token_times[0]
+            if len(job.token_times) > 1 and span > 0:
+                usage["decode_tokens_per_s"] = (len(job.token_times) - 1) / span
+        return usage
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _field(body: dict, name: str, types, default=None, *, required: bool = False):
+    if name not in body or body[name] is None:
+        if required:
+            raise RequestError(f"missing required field '{name}'", param=name)
+        return default
+    value = body[name]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise RequestError(f"field '{name}' must be {_type_names(types)}, got a boolean", param=name)
+    if not isinstance(value, types):
+        raise RequestError(
+            f"field '{name}' must be {_type_names(types)}, got {type(value).__name__}", param=name
+        )
+    return value
+
+
+def _type_names(types) -> str:
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        bool: "a boolean",
+        dict: "an object",
+    }
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+class App:
+    """Request parsing and response formatting; `App(...).starlette` is the ASGI app."""
+
+    def __init__(
+        self,
+        engine: OffloadEngine,
+        tokenizer,
+        model_name: str,
+        *,
+        controller=None,
+        static_masks=None,
+        max_active: int | None = None,
+        max_queue: int = 16,
+        max_tokens_limit: int = 1024,
+    ):
+        self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
+        self.max_tokens_limit = max_tokens_limit
+        self.max_positions = getattr(engine.handle.model.config, "max_position_embeddings", None)
+        self.max_active = max_active or default_max_active(engine, controller, static_masks)
+        self.worker = Worker(engine, tokenizer, controller, static_masks, self.max_active, max_queue)
+        self.created = int(time.time())
+        self.starlette = Starlette(
+            routes=[
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/stats", self.stats, methods=["GET"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            ],
+            on_shutdown=[self.worker.shutdown],
+        )
+
+    async def models(self, request: Request):
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "temoe"}
+                ],
+            }
+        )
+
+    async def stats(self, request: Request):
+        out = {"worker": self.worker.load(), **self.engine.summary(), **self.engine.memory_report()}
+        return JSONResponse(out)
+
+    async def completions(self, request: Request):
+        return await self._handle(request, chat=False)
+
+    async def chat(self, request: Request):
+        return await self._handle(request, chat=True)
+
+    async def _handle(self, request: Request, chat: bool):
+        try:
+            body = await self._json(request)
+            prompt = self._chat_prompt(body) if chat else self._completion_prompt(body)
+            job = self._job(body, prompt)
+            stream = _field(body, "stream", bool, False)
+            self.worker.submit(job)
+        except RequestError as err:
+            return _error(str(err), err.status, err.param)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if stream:
+            return StreamingResponse(self._sse(job, rid, chat), media_type="text/event-stream")
+        return await self._collect(job, rid, chat)
+
+    async def _json(self, request: Request) -> dict:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(f"request body is not valid JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise RequestError("request body must be a JSON object")
+        model = _field(body, "model", str, required=True)
+        if model != self.model_name:
+            raise RequestError(
+                f"model '{model}' is not served here; available: '{self.model_name}'", 404, "model"
+            )
+        if _field(body, "n", int, 1) != 1:
+            raise RequestError("only n=1 is supported", param="n")
+        return body
+
+    def _completion_prompt(self, body: dict) -> str:
+        prompt = _field(body, "prompt", (str, list), required=True)
+        if isinstance(prompt, list):
+            if len(prompt) != 1 or not isinstance(prompt[0], str):
+                raise RequestError(
+                    "'prompt' must be a string or a list of exactly one string", param="prompt"
+                )
+            prompt = prompt[0]
+        return prompt
+
+    def _chat_prompt(self, body: dict) -> str:
+        messages = _field(body, "messages", list, required=True)
+        if not messages:
+            raise RequestError("'messages' must be a non-empty array", param="messages")
+        for i, m in enumerate(messages):
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
+                raise RequestError(
+                    f"messages[{i}] must be an object with string 'role' and 'content'", param="messages"
+                )
+            if m["role"] not in ("system", "user", "assistant", "developer"):
+                raise RequestError(
+                    f"messages[{i}].role {m['role']!r} is not one of system, developer, user, assistant",
+                    param="messages",
+                )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _job(self, body: dict, prompt: str) -> Job:
+        max_tokens = _field(body, "max_completion_tokens", int, None) or _field(body, "max_tokens", int, 16)
+        if not 1 <= max_tokens <= self.max_tokens_limit:
+            raise RequestError(
+                f"max_tokens must be in [1, {self.max_tokens_limit}], got {max_tokens}", param="max_tokens"
+            )
+        temperature = float(_field(body, "temperature", (int, float), 1.0))
+        if not 0.0 <= temperature <= 2.0:
+            raise RequestError(f"temperature must be in [0, 2], got {temperature}", param="temperature")
+        top_p = float(_field(body, "top_p", (int, float), 1.0))
+        if not 0.0 < top_p <= 1.0:
+            raise RequestError(f"top_p must be in (0, 1], got {top_p}", param="top_p")
+        stop = _field(body, "stop", (str, list), [])
+        stop = [stop] if isinstance(stop, str) else stop
+        if not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+            raise RequestError(
+                "'stop' must be a non-empty string or an array of up to 4 non-empty strings", param="stop"
+            )
+        seed = _field(body, "seed", int, None)
+        input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        if input_ids.shape[1] == 0:
+            raise RequestError("the prompt is empty after tokenisation", param="prompt")
+        if self.max_positions and input_ids.shape[1] + max_tokens > self.max_positions:
+            raise RequestError(
+                f"prompt ({input_ids.shape[1]} tokens) + max_tokens ({max_tokens}) exceeds the "
+                f"model's {self.max_positions} positions",
+                param="max_tokens",
+            )
+        return Job(
+            input_ids=input_ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            loop=asyncio.get_running_loop(),
+            queue=asyncio.Queue(),
+        )
+
+    async def _collect(self, job: Job, rid: str, chat: bool):
+        text = ""
+        try:
+            while True:
+                kind, payload = await job.queue.get()
+                if kind == "text":
+                    text += payload
+                elif kind == "error":
+                    return _error(f"generation failed: {payload}", 500)
+                else:
+                    finish, usage = payload
+                    break
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        )
+        return JSONResponse(
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def _sse(self, job: Job, rid: str, chat: bool):
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: str | None, finish: str | None, first: bool = False) -> str:
+            if chat:
+                d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
+                choice = {"index": 0, "delta": d, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": created,
+                        "model": self.model_name,
+                        "choices": [choice],
+                    }
+                )
+                + "\n\n"
+            )
+
+        try:
+            if chat:
+                yield chunk(None, None, first=True)
+            while True:
+                kind, payload = await job.queue.get()
+                if kind == "text":
+                    yield chunk(payload, None)
+                elif kind == "error":
+                    yield (
+                        "data: "
+                        + json.dumps(
+                            {
+                                "error": {
+                                    "message": f"generation failed: {payload}",
+                                    "type": "server_error",
+                                    "code": 500,
+                                }
+                            }
+                        )
+                        + "\n\n"
+                    )
+                    break
+                else:
+                    yield chunk(None, payload[0])
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled = True  # client went away (or we are done): the worker drops the job next step
+
+
+def default_max_active(engine: OffloadEngine, controller=None, static_masks=None) -> int:
+    """Concurrency cap: in option mode the union of active options must fit, so budget // k̂; otherwise 4."""
+    from temoe.serve.policy import OptionPolicy, StaticPolicy
+
+    policy = engine.policy
+    if isinstance(policy, OptionPolicy) and not isinstance(policy, StaticPolicy):
+        k_hat = (
+            controller.k_hat
+            if controller is not None
+            else (int(static_masks.sum(-1).max()) if static_masks is not None else policy.num_slots)
+        )
+        return max(1, policy.num_slots // k_hat)
+    return 4
+
+
+def make_app(engine: OffloadEngine, tokenizer, model_name: str, **kwargs) -> Starlette:
+    """The ASGI app serving `engine` (see `App` for the keyword arguments)."""
+    return App(engine, tokenizer, model_name, **kwargs).starlette

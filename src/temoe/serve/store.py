@@ -1,0 +1,247 @@
+"""Mechanism that moves expert bytes: a host store with one contiguous packed row per expert,
+device slot banks,
+and the copies between them (critical copies on the compute stream, the rest on a side stream on CUDA).
+
+Layout is architecture-agnostic: every parameter of a fused experts module whose first dim is N (gpt_oss:
+`gate_up_proj [N,H,2I]`, `gate_up_proj_bias [N,2I]`, `down_proj [N,I,H]`, `down_proj_bias [N,H]`;
+mixtral/qwen/
+olmoe/deepseek: `gate_up_proj [N,2I,H]`, `down_proj [N,H,I]`) is flattened into the expert's row at an offset
+aligned to 16 elements. A slot bank is a (S, row) tensor; its per-parameter views (S, *shape) share the packed
+rows, so one expert = one copy. On CPU there is no second memory tier: the "device" bank is a separate CPU
+tensor (simulated tier) and bytes are accounted exactly as on CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from temoe.serve.stats import TransferStats
+
+_ALIGN = 16  # elements; keeps every per-parameter view 16-byte aligned for grouped_mm kernels
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Where each per-expert parameter slice lives inside a packed expert row."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]  # per-expert shape (parameter shape without the leading N)
+    offsets: tuple[int, ...]
+    row_numel: int  # padded row length (elements)
+    dtype: torch.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes copied per expert load (the packed row, alignment padding included)."""
+        return self.row_numel * torch.empty((), dtype=self.dtype).element_size()
+
+    @classmethod
+    def of(cls, experts: nn.Module, num_experts: int) -> ExpertLayout:
+        params = [(n, p) for n, p in experts.named_parameters(recurse=False)]
+        stacked = [(n, p) for n, p in params if p.dim() >= 2 and p.shape[0] == num_experts]
+        if len(stacked) != len(params) or not stacked:
+            raise ValueError(
+                f"{type(experts).__name__} is not a fused experts module with every parameter stacked over "
+                f"{num_experts} experts: {[(n, tuple(p.shape)) for n, p in params]}"
+            )
+        dtypes = {p.dtype for _, p in stacked}
+        if len(dtypes) != 1:
+            raise ValueError(f"expert parameters of {type(experts).__name__} have mixed dtypes {dtypes}")
+        offsets, off = [], 0
+        for _, p in stacked:
+            offsets.append(off)
+            off += -(-p[0].numel() // _ALIGN) * _ALIGN
+        return cls(
+            names=tuple(n for n, _ in stacked),
+            shapes=tuple(tuple(p.shape[1:]) for _, p in stacked),
+            offsets=tuple(offsets),
+            row_numel=off,
+            dtype=dtypes.pop(),
+        )
+
+    def views(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter views (R, *shape) of packed rows (R, row_numel); no copy."""
+        out = {}
+        for name, shape, off in zip(self.names, self.shapes, self.offsets):
+            n = 1
+            for d in shape:
+                n *= d
+            out[name] = rows[:, off : off + n].view(rows.shape[0], *shape)
+        return out
+
+
+class SlotBank:
+    """S device slots of one layer: `rows` (S, row_numel) on the device and per-parameter views (S,
+    *shape)."""
+
+    def __init__(self, layout: ExpertLayout, num_slots: int, device: torch.device):
+        self.rows = torch.zeros(num_slots, layout.row_numel, dtype=layout.dtype, device=device)
+        self.params = layout.views(self.rows)
+        self.pending: dict[int, object] = {}  # slot -> CUDA event of a side-stream copy not yet waited on
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.numel() * self.rows.element_size()
+
+
+class HostExpertStore:
+    """All expert weights of all MoE layers in host memory, one (N, row_numel) tensor per layer
+    (rows contiguous
+    per expert), pinned when the device is CUDA. Read-only after packing: evictions never write back."""
+
+    def __init__(self, experts: list[nn.Module], num_experts: int, device: torch.device):
+        self.layouts = [ExpertLayout.of(m, num_experts) for m in experts]
+        if len({lay.row_numel for lay in self.layouts}) != 1:
+            raise ValueError("MoE layers have different expert shapes; one layout per model is required")
+        self.layout = self.layouts[0]
+        pin = device.type == "cuda"
+        self.rows: list[torch.Tensor] = []
+        for module in experts:
+            rows = torch.zeros(num_experts, self.layout.row_numel, dtype=self.layout.dtype, pin_memory=pin)
+            views = self.layout.views(rows)
+            with torch.no_grad():
+                for name in self.layout.names:
+                    views[name].copy_(getattr(module, name).detach().to("cpu"))
+            self.rows.append(rows)
+        self.pinned = pin
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.rows)
+
+    def unpack(self, layer: int, name: str) -> torch.Tensor:
+        """The full (N, *shape) parameter `name` of `layer` as a new contiguous host tensor (for
+        detaching)."""
+        return self.layout.views(self.rows[layer])[name].contiguous()
+
+
+class ExpertMover:
+    """Issues copies host -> slot and staging <-> slot, records bytes and time in `TransferStats`.
+
+    CUDA: critical copies go on the current (compute) stream, so the expert computation that follows sees them
+    without a sync; background copies go on one side stream, after an event that marks the end of the last
+    computation that read the layer's slots (so an evicted slot is not overwritten while still
+    being read), and
+    each leaves an event that a later computation reading that slot waits on. CPU: critical copies
+    run at once;
+    background copies are queued and run after the layer's computation (`after_compute`), which is the order a
+    side stream gives on the GPU.
+    """
+
+    def __init__(self, store: HostExpertStore, device: torch.device, stats: TransferStats):
+        self.store = store
+        self.device = device
+        self.stats = stats
+        self.stats.expert_bytes = store.layout.row_bytes
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.side = torch.cuda.Stream(device=device)
+            self._layer_free: dict[int, torch.cuda.Event] = {}
+        self._deferred: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def load(
+        self,
+        layer: int,
+        experts: list[int],
+        bank: SlotBank,
+        slots: list[int],
+        kind: str,
+        background: bool = False,
+    ) -> None:
+        """Copy host rows of `experts` into `bank` slots (one copy per expert).
+
+        kind: the counter to charge (critical | background | prefill | initial); only `critical`
+        copies count as
+        stall time. background: issue off the critical path (side stream / after the computation on CPU).
+        """
+        if not experts:
+            return
+        host = self.store.rows[layer]
+        pairs = [(bank.rows[s], host[e]) for e, s in zip(experts, slots)]
+        setattr(self.stats, f"loads_{kind}", getattr(self.stats, f"loads_{kind}") + len(experts))
+        if background:
+            self._background(layer, bank, slots, pairs)
+        else:
+            self.before_compute(bank, slots)  # a pending side-stream copy into the slot must land first
+            self._foreground(pairs, critical=kind == "critical")
+
+    def copy_device(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Device-local copy (staging <-> slot); on the compute stream, not counted as PCIe traffic."""
+        dst.copy_(src, non_blocking=True)
+        self.stats.d2d_copies += 1
+
+    def _foreground(self, pairs, critical: bool) -> None:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for dst, src in pairs:
+                dst.copy_(src, non_blocking=True)
+            end.record()
+            if critical:
+                self.stats.cuda_critical_events.append((start, end))
+            return
+        t0 = time.perf_counter()
+        for dst, src in pairs:
+            dst.copy_(src)
+        if critical:
+            self.stats.critical_copy_s += time.perf_counter() - t0
+
+    def _background(self, layer: int, bank: SlotBank, slots: list[int], pairs) -> None:
+        if not self.cuda:
+            self._deferred.setdefault(layer, []).extend(pairs)
+            return
+        with torch.cuda.stream(self.side):
+            if layer in self._layer_free:
+                self.side.wait_event(self._layer_free[layer])
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(self.side)
+            for dst, src in pairs:
+                dst.copy_(src, non_blocking=True)
+            end.record(self.side)
+        self.stats.cuda_background_events.append((start, end))
+        for s in slots:
+            bank.pending[s] = end
+
+    def before_compute(self, bank: SlotBank, slots: list[int]) -> None:
+        """Make the compute stream wait for pending background copies into `slots` (CUDA only)."""
+        for s in slots:
+            ev = bank.pending.pop(s, None)
+            if ev is not None:
+                torch.cuda.current_stream(self.device).wait_event(ev)
+
+    def after_compute(self, layer: int) -> None:
+        """The layer's computation is issued: CUDA records the slot-free event; CPU runs the queued copies."""
+        if self.cuda:
+            ev = torch.cuda.Event()
+            ev.record()
+            self._layer_free[layer] = ev
+            return
+        pairs = self._deferred.pop(layer, [])
+        t0 = time.perf_counter()
+        for dst, src in pairs:
+            dst.copy_(src)
+        self.stats.background_copy_s += time.perf_counter() - t0
+
+
+def measure_h2d_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float | None:
+    """Pinned host -> `device` copy bandwidth in GB/s (median of `repeats`); None on CPU (no second tier)."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src, non_blocking=True)
+        b.record()
+        torch.cuda.synchronize(device)
+        times.append(a.elapsed_time(b) / 1e3)
+    times.sort()
+    return nbytes / times[len(times) // 2] / 1e9
