@@ -1,0 +1,70 @@
+"""Parity: wrapped with an all-allowed mask is bit-identical to unwrapped; unwrap restores the model."""
+
+import pytest
+import torch
+from conftest import ALL_MODEL_TYPES, build
+
+import temoe
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _prefill_and_decode(model, ids):
+    """Logits of a prefill over `ids` (B, S) and of one cached decode step; shapes (B, S, V), (B, 1, V)."""
+    out = model(ids, use_cache=True)
+    step = model(ids[:, -1:].flip(0), past_key_values=out.past_key_values, use_cache=True)
+    return out.logits, step.logits
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("model_type", ALL_MODEL_TYPES)
+def test_all_allowed_is_bit_identical(model_type, dtype):
+    model = build(model_type, dtype)
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref_prefill, ref_decode = _prefill_and_decode(model, ids)
+        handle = temoe.wrap(model)
+        everything = torch.ones(handle.num_layers, handle.num_experts, dtype=torch.bool)
+        # Static mask: the hook re-routes unconditionally (no early exit), so this checks routing.py's casts.
+        with handle.restrict(everything), handle.trace() as trace:
+            prefill, decode = _prefill_and_decode(model, ids)
+
+        def all_allowed(i, hidden):  # hidden (B, S, H) -> (B, S, N)
+            return torch.ones(*hidden.shape[:2], handle.num_experts, dtype=torch.bool)
+
+        with handle.restrict(all_allowed):
+            fn_prefill, fn_decode = _prefill_and_decode(model, ids)
+    assert trace.calls == [(2, 6), (2, 1)]
+    for got in (prefill, fn_prefill):
+        assert torch.equal(got, ref_prefill)
+    for got in (decode, fn_decode):
+        assert torch.equal(got, ref_decode)
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_unwrap_restores_model(model_type):
+    model = build(model_type)
+    ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = [type(m) for m in model.modules()]
+    with torch.no_grad():
+        ref = model(ids).logits
+        handle = temoe.wrap(model)
+        assert list(model.state_dict()) == list(state)
+        # a restrictive mask really changes the model while wrapped ...
+        keep = torch.zeros(handle.num_layers, handle.num_experts, dtype=torch.bool)
+        keep[:, : handle.top_k] = True
+        with handle.restrict(keep):
+            assert not torch.equal(model(ids).logits, ref)
+        handle.unwrap()
+        # ... and after unwrap nothing of the wrapper is left.
+        assert torch.equal(model(ids).logits, ref)
+    assert all(not r._forward_hooks and not b._forward_hooks and not b._forward_pre_hooks
+               for r, b in zip(handle.routers, handle.blocks))
+    assert [type(m) for m in model.modules()] == classes
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="unwrapped"):
+        with handle.restrict(keep):
+            pass
+    temoe.wrap(model).unwrap()  # wrapping again after unwrap is allowed
