@@ -11,6 +11,7 @@ without touching the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
@@ -279,8 +280,13 @@ class App:
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
             ],
-            on_shutdown=[self.worker.shutdown],
+            lifespan=self._lifespan,
         )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        yield
+        self.worker.shutdown()
 
     async def models(self, request: Request):
         return JSONResponse(
@@ -504,3 +510,26 @@ def default_max_active(engine: OffloadEngine, controller=None, static_masks=None
 def make_app(engine: OffloadEngine, tokenizer, model_name: str, **kwargs) -> Starlette:
     """The ASGI app serving `engine` (see `App` for the keyword arguments)."""
     return App(engine, tokenizer, model_name, **kwargs).starlette
+
+
+def start_background(app, host: str = "127.0.0.1", port: int = 0):
+    """Run `app` with uvicorn in a daemon thread (tests, notebooks); returns (server, thread, port).
+
+    port=0 picks a free port. Stop with `server.should_exit = True; thread.join()`.
+    """
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.05)
+    return server, thread, port
