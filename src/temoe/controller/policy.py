@@ -316,7 +316,8 @@ class OptionController(nn.Module):
         for s in range(S):  # sequential by nature: ω_t depends on d_t, which depends on ω_{t-1}
             h = hidden[:, s].float()  # (B, H)
             pos = state.positions[i]
-            valid = ~state.done.to(device)
+            state.done = state.done.to(device)  # once: later calls find it on the device
+            valid = ~state.done
             if state.prompt_mask is not None and pos < state.prompt_mask.shape[1]:
                 valid = valid & state.prompt_mask[:, pos].to(device)
             started = state.started[i]
@@ -334,7 +335,9 @@ class OptionController(nn.Module):
             log_prob = selection_log_prob(logits, selected, self.config.epsilon)
             d = d & decide_rows
             option = torch.where(d[:, None], selected, option_prev)
-            if bool(init_rows.any()):
+            # Only control_prompt=True starts rows inside controlled calls; skipping the check otherwise
+            # avoids a device sync per layer and token.
+            if state.control_prompt and bool(init_rows.any()):
                 omega0 = initial_option(router_logits(i, h[:, None])[:, 0], K)
                 option = torch.where(init_rows[:, None], omega0, option)
                 selected = torch.where(init_rows[:, None], omega0, selected)
