@@ -69,7 +69,7 @@ def test_openai_client_completions_and_chat(served):
     ("/completions", b"{not json", 400, "not valid JSON"),
     ("/completions", b"[1, 2]", 400, "JSON object"),
     ("/completions", {"model": MODEL}, 400, "missing required field 'prompt'"),
-    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": "ten"}, 400, "'max_tokens' must be an integer"),
+    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": "ten"}, 400, "must be an integer"),
     ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens must be in"),
     ("/completions", {"model": MODEL, "prompt": "x", "temperature": 9}, 400, "temperature must be in"),
     ("/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "only n=1"),

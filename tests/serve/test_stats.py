@@ -48,14 +48,15 @@ def test_switch_statistics_count_option_changes():
     def fn(i, hidden):   # decode step j uses options[j]; the prompt uses options[0]
         j = calls.get(i, 0)
         calls[i] = j + 1
-        return torch.zeros(*hidden.shape[:2], N, dtype=torch.bool).index_fill_(-1, torch.tensor(options[j]), True)
+        allowed = torch.zeros(*hidden.shape[:2], N, dtype=torch.bool)
+        return allowed.index_fill_(-1, torch.tensor(options[j]), True)
 
     engine = OffloadEngine(handle, make_policy("option", L, N, expert_budget=4))
     list(decode_steps(engine, torch.randint(3, 128, (1, 4)), 5, masks=fn))
     engine.release(0)
     r, s = engine.routing, engine.summary()
-    assert r.option_steps == 4 * L                            # 4 decode calls per layer compared to the previous
-    assert r.switches == 2 * L and r.replaced == [2, 2] * L  # {2,3}->{4,5}, then {2,3}... {0,1}->{6,7}
+    assert r.option_steps == 4 * L                            # 4 decode calls per layer vs the previous one
+    assert r.switches == 2 * L and r.replaced == [2, 2] * L  # {2,3}->{4,5}, then {0,1}->{6,7}
     assert s["serve/switch_rate"] == 0.5
     assert s["serve/experts_replaced_per_switch"] == 2
     engine.detach()

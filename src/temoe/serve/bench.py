@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from temoe.serve.engine import OffloadEngine, make_policy
+from temoe.serve.engine import OffloadEngine, make_policy, restore_experts
 from temoe.serve.generate import decode_steps
 from temoe.serve.stats import _percentile
 from temoe.serve.store import measure_h2d_bandwidth
@@ -36,12 +36,13 @@ def _run_rung(
     device,
     sim_bw: float | None,
     measured_bw: float | None,
-) -> dict:
+    store=None,
+) -> tuple[dict, object]:
     policy = make_policy(mode, handle.num_layers, handle.num_experts, expert_budget=budget)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    engine = OffloadEngine(handle, policy, device=device, sim_bandwidth_gbps=sim_bw)
+    engine = OffloadEngine(handle, policy, device=device, sim_bandwidth_gbps=sim_bw, store=store)
     gaps, ttfts, decode_time, decode_tokens = [], [], 0.0, 0
     try:
         for n, prompt in enumerate(prompts):
@@ -69,8 +70,8 @@ def _run_rung(
         row.update(engine.summary(measured_bw))
         row.update(engine.memory_report(engine.last_cache))
     finally:
-        engine.detach()
-    return row
+        engine.detach(restore_weights=False)
+    return row, engine.store
 
 
 def run_ladder(
@@ -108,9 +109,11 @@ def run_ladder(
     sim = None if measured else sim_bandwidth_gbps
     common = dict(device=device, sim_bw=sim, measured_bw=measured)
     rows = []
+    store = None
 
     def add(label: str, mode: str, budget: int | None, factory, k_hat=None):
-        row = _run_rung(
+        nonlocal store
+        row, store = _run_rung(
             handle,
             tokenizer,
             prompts,
@@ -118,6 +121,7 @@ def run_ladder(
             mode=mode,
             budget=budget,
             masks_factory=factory,
+            store=store,
             **common,
         )
         rows.append({"rung": label, "mode": mode, "k_hat": k_hat, **row})
@@ -138,6 +142,7 @@ def run_ladder(
     if controller is None:
         syn = SyntheticOptions(handle, max(k_hats), rule="router", seed=seed)
         add(syn.label, "option", max(k_hats), lambda: (syn.mask_fn(), None), max(k_hats))
+    restore_experts(handle, store, device)
     full_tps = rows[0]["serve/decode_tokens_per_s"]
     full_vram = rows[0]["serve/vram_resident_expert_bytes"]
     for row in rows:

@@ -100,6 +100,7 @@ class OffloadEngine:
         policy: ResidencyPolicy,
         device: torch.device | str | None = None,
         sim_bandwidth_gbps: float | None = None,
+        store: HostExpertStore | None = None,
     ):
         self.handle = handle
         self.policy = policy
@@ -116,7 +117,9 @@ class OffloadEngine:
         self.transfer = TransferStats()
         self.routing = RoutingStats(self.num_layers)
         bases = list(handle.experts)
-        self.store = HostExpertStore(bases, self.num_experts, self.device)
+        # A store from a previous engine on this handle (detached with restore_weights=False) is reused: the
+        # bench ladder packs the experts once instead of once per rung.
+        self.store = store or HostExpertStore(bases, self.num_experts, self.device)
         self.mover = ExpertMover(self.store, self.device, self.transfer)
         layout = self.store.layout
         self._orig_device = [next(b.parameters()).device for b in bases]
@@ -182,13 +185,13 @@ class OffloadEngine:
         for key in [k for k in self._last_option if k[0] == stream]:
             del self._last_option[key]
 
-    def detach(self) -> None:
-        """Undo everything: original experts modules back in place with their weights on their
-        original device."""
+    def detach(self, restore_weights: bool = True) -> None:
+        """Put the original experts modules back; with `restore_weights` their weights return from the store
+        to their original device (False: leave them empty, to hand `self.store` to the next engine)."""
         with torch.no_grad():
             for (block, attr, wrapper), dev in zip(self._wrappers, self._orig_device):
                 base = wrapper.base_layer
-                for name in self.store.layout.names:
+                for name in self.store.layout.names if restore_weights else ():
                     getattr(base, name).data = self.store.unpack(wrapper.layer, name).to(dev)
                 setattr(block, attr, base)
         self._wrappers.clear()
@@ -343,3 +346,11 @@ def make_policy(
     if mode == "lru":
         return LRUPolicy(expert_budget)
     raise ValueError(f"unknown mode {mode!r}; valid: option, static, lru, full")
+
+
+def restore_experts(handle, store: HostExpertStore, device: torch.device) -> None:
+    """Copy every expert weight from `store` back into the (emptied) parameters of `handle.experts`."""
+    with torch.no_grad():
+        for layer, base in enumerate(handle.experts):
+            for name in store.layout.names:
+                getattr(base, name).data = store.unpack(layer, name).to(device)
