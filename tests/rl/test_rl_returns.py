@@ -120,3 +120,16 @@ def test_standardize_over_valid_tokens():
     assert (out[~valid] == 0).all()
     per_row = standardize(x, valid, per_sequence=True)
     torch.testing.assert_close(per_row[1, :2], torch.tensor([-1.0, 1.0]))
+
+
+def test_long_sequence_matches_loop_in_float32():
+    g = torch.Generator().manual_seed(4)
+    r = torch.randn(2, 600, generator=g)
+    valid = torch.ones(2, 600, dtype=torch.bool)
+    out = discounted_returns(r, valid, 0.99)
+    assert out.dtype == torch.float32
+    acc, ref = 0.0, [0.0] * 600
+    for t in reversed(range(600)):
+        acc = float(r[0, t]) + 0.99 * acc
+        ref[t] = acc
+    torch.testing.assert_close(out[0], torch.tensor(ref), rtol=1e-5, atol=1e-5)

@@ -22,15 +22,17 @@ def discounted_cumsum(x: Tensor, valid: Tensor, discount: float) -> Tensor:
     """y_t = Σ_{j>=0} discount^j x_{t+j} over the row's valid positions. x (B, T, ...) -> (B, T, ...).
 
     Vectorised as one matmul with the upper-triangular matrix D[t, j] = discount^(j - t) (j >= t); x is
-    zeroed outside `valid`, so a sum stops at the end of its row. Zero at invalid positions.
+    zeroed outside `valid`, so a sum stops at the end of its row. Zero at invalid positions. The matmul runs
+    in float64 so a global TF32 matmul setting cannot degrade it; the result is float32.
     """
-    x = x.float() * _expand(valid, x)
+    m = _expand(valid, x)
+    x = x.double() * m
     T = x.shape[1]
     steps = torch.arange(T, device=x.device)
     diff = steps[None, :] - steps[:, None]  # (T, T): j - t
-    powers = torch.tensor(discount, dtype=torch.float32, device=x.device).pow(diff.clamp_min(0))
+    powers = torch.tensor(discount, dtype=torch.float64, device=x.device).pow(diff.clamp_min(0))
     D = powers * (diff >= 0)  # pow(0, 0) = 1 keeps discount = 0 exact
-    return torch.einsum("tj,bj...->bt...", D, x) * _expand(valid, x)
+    return (torch.einsum("tj,bj...->bt...", D, x) * m).float()
 
 
 def next_step(x: Tensor, valid: Tensor, terminated: Tensor) -> Tensor:
