@@ -1,12 +1,81 @@
-"""`temoe eval` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe eval`: accuracy and switch rate of the base model, a pruning baseline or a trained controller on a task
+(METHOD §5), written as a summary JSON and optionally one JSON record per question."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="(not implemented yet)")
+    from temoe.eval.tasks import TASKS
+
+    p = sub.add_parser("eval", help="Evaluate the base model, a baseline or a controller on a task.",
+                       description=__doc__)
+    p.add_argument("--model", default="tiny",
+                   help='"tiny" (embedded model), a local HF directory, or testing:<model_type> (tiny random)')
+    method = p.add_mutually_exclusive_group()
+    method.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir)")
+    method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
+                        help="pruning baseline at the same k̂ (default: the base model)")
+    p.add_argument("--k-hat", type=int, required=True, help="allowed experts per layer k̂ (k̃ <= k̂ <= N)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--data", help="local file or directory of the task (hendrycks-math, mmlu, mmmlu)")
+    p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
+    p.add_argument("--json", required=True, help="summary JSON output path")
+    p.add_argument("--records", help="per-question JSONL output path")
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="§5: 2048")
+    p.add_argument("--temperature", type=float, default=0.5, help="§5: 0.5")
+    p.add_argument("--top-p", type=float, default=0.95, help="§5: 0.95")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42, help="question sample and sampling seed (§5: 42)")
+    p.add_argument("--random-fixed", action="store_true",
+                   help="random baseline: one fixed random subset per layer instead of a fresh set per token")
+    p.add_argument("--controller-mode", choices=("sample", "greedy"), default="sample")
+    p.add_argument("--calibration-prompts", help="JSONL with `prompt` per line (default: embedded prompts)")
+    p.add_argument("--calibration-size", type=int, default=128, help="calibration prompts (§5: 128)")
+    p.add_argument("--calibration-tokens", type=int, default=2048, help="prompt + response tokens (§5: 2048)")
+    p.add_argument("--cache-dir", default=".temoe-cache", help="calibration and baseline-mask cache")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError("temoe eval is not implemented yet")
+    import torch
+
+    import temoe
+    from temoe.baselines import CalibrationConfig
+    from temoe.eval.pipeline import evaluate_method, load_controller, load_model_and_tokenizer, write_summary
+    from temoe.eval.runner import GenerationConfig
+    from temoe.eval.tasks import load_task
+
+    task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    model = model.to(device).eval()
+    controller = None
+    if args.checkpoint:
+        model, handle, controller = load_controller(model, args.checkpoint)
+        method = "controller"
+    else:
+        handle = temoe.wrap(model)
+        method = args.baseline or "base"
+    calibration = CalibrationConfig(num_prompts=args.calibration_size, max_total_tokens=args.calibration_tokens,
+                                    prompts_file=args.calibration_prompts, seed=args.seed)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{method} {args.task}: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    summary, _ = evaluate_method(handle, tokenizer, task, method, args.k_hat, generation=generation,
+                                 controller=controller, controller_mode=args.controller_mode,
+                                 calibration=calibration, cache_dir=args.cache_dir,
+                                 random_variant="fixed" if args.random_fixed else "per-token",
+                                 records_path=args.records, progress=progress)
+    print(file=sys.stderr)
+    summary.update(model=args.model, checkpoint=args.checkpoint)
+    write_summary(args.json, summary)
+    keys = ("method", "task", "k_hat", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci")
+    print(json.dumps({k: summary.get(k) for k in keys}))
+    return 0

@@ -177,8 +177,9 @@ def generate(handle, tokenizer, prompts: Sequence[str], source: MaskSource, cfg:
             if j >= 0:
                 text = text[:j]
         # Generated positions of row b: the last prompt position, then one row per decode call.
-        T = max(len(tokens[b]), 1)
-        rows = torch.tensor([b * S + S - 1] + [B * S + t * B + b for t in range(T - 1)], dtype=torch.long)
+        # A stop-string or EOS ending keeps T = the kept tokens; an empty completion has no positions.
+        T = len(tokens[b])
+        rows = torch.tensor(([b * S + S - 1] + [B * S + t * B + b for t in range(T - 1)])[:T], dtype=torch.long)
         rl, ei = logits_all[rows], ids_all[rows]
         rate, loaded = source.sequence_switches(b, rows, rl, ei)
         results.append(Generation(text, tokens[b], rl, ei, rate, loaded))
