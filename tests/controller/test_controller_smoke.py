@@ -1,11 +1,12 @@
 """Smoke test: the controller drives the masked routing of a tiny gpt-oss model during generation."""
 
+import pytest
 import torch
 
 import temoe
 from temoe.controller import ControllerConfig, OptionController, recorded_mask_fn
 from temoe.metrics import switch_rate
-from temoe.testing import tiny_model
+from temoe.testing import TINY_MODEL_TYPES, tiny_model
 
 B, PROMPT, STEPS, K_HAT = 4, 5, 40, 4
 
@@ -90,4 +91,28 @@ def test_controller_in_masked_routing_of_tiny_model():
         gen = torch.stack([gen_ids[torch.arange(B) * PROMPT + PROMPT - 1]]
                           + [gen_ids[B * PROMPT + j * B: B * PROMPT + (j + 1) * B] for j in range(STEPS)], 1)
         assert torch.equal(ids.sort(-1).values, gen[:, :STEPS].sort(-1).values)
+    handle.unwrap()
+
+
+@pytest.mark.parametrize("model_type", [t for t in TINY_MODEL_TYPES if t != "gpt_oss"])
+def test_from_handle_on_other_architectures(model_type):
+    model = tiny_model(model_type, seed=0)
+    handle = temoe.wrap(model)
+    controller = OptionController.from_handle(handle, ControllerConfig(k_hat=4, expert_embed_dim=8, hidden=16,
+                                                                       termination_bias_init=0.0))
+    prompt = torch.randint(3, 128, (2, 4), generator=torch.Generator().manual_seed(0))
+    state = controller.new_state(2, generator=torch.Generator().manual_seed(0))
+    with handle.trace() as trace, handle.restrict(controller.mask_fn(state)), torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+        state.begin_generation()
+        for _ in range(4):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    masks = state.option_masks()  # (2, 5, L, N)
+    for i in range(handle.num_layers):
+        ids = trace.expert_ids(i)
+        routed = torch.stack([ids[torch.tensor([3, 7])]] + [ids[8 + 2 * j: 10 + 2 * j] for j in range(4)], 1)
+        assert masks[:, :, i].gather(-1, routed).all()
+        assert torch.equal(state.trajectory().options[:, 0, i],
+                           trace.router_logits(i)[torch.tensor([3, 7])].topk(4).indices)
     handle.unwrap()
