@@ -197,8 +197,8 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
     """Evaluate `task` with masks from `source`; returns (summary, records).
 
     One record per question: `id, prompt, completion, prediction, answer, correct, switch_rate,
-    experts_loaded, n_generated, active_experts` (`active_experts`: per generated position, per MoE layer,
-    the routed expert ids). The summary adds the run's settings to `temoe.eval.stats.summarise`.
+    experts_loaded, n_generated, active_experts, num_experts, top_k` (`active_experts`: per generated
+    position, per MoE layer, the routed expert ids). The summary adds the run's settings to `temoe.eval.stats.summarise`.
     """
     cfg = cfg or GenerationConfig()
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -216,7 +216,8 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
                 "id": str(item["id"]), "prompt": prompt, "completion": completion, "prediction": pred,
                 "answer": item["answer"], "correct": bool(correct), "switch_rate": g.switch_rate,
                 "experts_loaded": g.experts_loaded, "n_generated": len(g.token_ids),
-                "active_experts": g.expert_ids.tolist(),
+                "active_experts": g.expert_ids.tolist(), "num_experts": handle.num_experts,
+                "top_k": handle.top_k,
             })
         if progress is not None:
             progress(len(records), len(items))
@@ -227,6 +228,7 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
                    pool_size=task.meta.get("pool_size"), **source.describe())
     if records_path is not None:
         write_records(records_path, records)
+        summary["records"] = str(records_path)
     return summary, records
 
 
