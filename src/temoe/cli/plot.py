@@ -1,12 +1,51 @@
-"""`temoe plot` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe plot`: figures from saved records: `activations` (paper Fig. 2) and `training` (curves of a run)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 
 def register(sub) -> None:
-    p = sub.add_parser("plot", help="(not implemented yet)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("plot", help="make figures from saved records")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    act = kinds.add_parser("activations", help="expert × generated-position heatmaps (paper Figure 2)")
+    act.add_argument("records", type=Path, help="a records JSONL with an 'active_experts' field per line")
+    act.add_argument(
+        "--layers", type=int, nargs="+", default=[0, 1, 2], help="MoE layers to plot (layer-local)"
+    )
+    act.add_argument("--index", type=int, default=0, help="which record (0-based line among records)")
+    act.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
+    act.set_defaults(func=run_activations)
+    train = kinds.add_parser("training", help="training curves of a run directory (paper Fig. 5)")
+    train.add_argument("run_dir", type=Path, help="a `temoe train` output directory")
+    train.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
+    train.set_defaults(func=run_training)
 
 
-def run(args) -> int:
-    raise NotImplementedError("temoe plot is not implemented yet")
+def run_activations(args: argparse.Namespace) -> int:
+    from temoe.analysis.activations import plot_activations
+
+    if not args.records.is_file():
+        raise FileNotFoundError(f"records file {str(args.records)!r} does not exist")
+    lines = [line for line in args.records.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not 0 <= args.index < len(lines):
+        raise ValueError(f"--index {args.index} is out of range: {args.records} has {len(lines)} records")
+    record = json.loads(lines[args.index])
+    stem = f"activations_{args.index}"
+    for path in plot_activations(record, args.layers, args.out, stem=stem):
+        print(path)
+    return 0
+
+
+def run_training(args: argparse.Namespace) -> int:
+    try:
+        from temoe.analysis.training_curves import plot_training
+    except ImportError as err:
+        raise ValueError(
+            f"training plots are unavailable: temoe.analysis.training_curves is missing ({err})"
+        ) from None
+    for path in plot_training(args.run_dir, args.out):
+        print(path)
+    return 0

@@ -1,12 +1,179 @@
-"""`temoe switch-rate` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe switch-rate`: the paper's Table 1 (§3.1): base-model switch rates per prompt category."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
+TINY_RANDOM = "tiny-random:"
+
 
 def register(sub) -> None:
-    p = sub.add_parser("switch-rate", help="(not implemented yet)")
+    p = sub.add_parser(
+        "switch-rate",
+        help="measure the base model's expert switch rate (paper Table 1)",
+        description="Generate from a prompt file, trace every MoE router, and print the switch rate "
+        "mean ± std per category at k̂ = k̃ and at --k-hat, plus per-layer rates. "
+        "Only generated tokens are rated.",
+    )
+    p.add_argument(
+        "model",
+        help="a local Hugging Face model directory, 'tiny' (the embedded model), or "
+        "'tiny-random:<model_type>' (a random from-config test model)",
+    )
+    p.add_argument(
+        "--prompts", required=True, type=Path, help="JSONL with 'prompt' and optional 'category', 'id'"
+    )
+    p.add_argument(
+        "--k-hat", required=True, type=int, help="allowed experts k̂ of the base-model option (k̃ <= k̂ <= N)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=256, help="tokens to generate per prompt (§3.1: 256)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.5, help="sampling temperature (§3.1: 0.5); 0 = greedy"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling (Table 1 states none: 1.0 = off)"
+    )
+    p.add_argument("--seed", type=int, default=42, help="torch RNG seed for sampling (§5: 42)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left padding)")
+    p.add_argument(
+        "--per-category", type=int, default=None, help="keep the first n prompts of each category (§3.1: 100)"
+    )
+    p.add_argument(
+        "--no-chat-template",
+        action="store_true",
+        help="feed raw prompts even if the tokenizer has a chat template",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
+    p.add_argument("--json", type=Path, default=None, help="write the table's numbers here")
+    p.add_argument("--records", type=Path, default=None, help="write one JSON record per prompt here (JSONL)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    raise NotImplementedError("temoe switch-rate is not implemented yet")
+def load(name: str, device: str | None):
+    """(model, tokenizer) for a model argument; `tiny-random:<model_type>` builds an offline test model."""
+    if name.startswith(TINY_RANDOM):
+        from temoe.testing import tiny_model
+        from temoe.testing_tokenizer import tiny_tokenizer
+
+        model = tiny_model(name[len(TINY_RANDOM) :])
+        return (model if device is None else model.to(device)), tiny_tokenizer()
+    try:
+        from temoe.loading import load_model
+    except ImportError as err:
+        raise ValueError(
+            f"cannot load {name!r}: temoe.loading is unavailable ({err}); "
+            f"use '{TINY_RANDOM}<model_type>' for a random test model"
+        ) from None
+    return load_model(name, device=device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    import temoe
+    from temoe.analysis.switch_survey import RATED_POSITIONS, generate_traced, prompt_record, summarize
+    from temoe.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts, per_category=args.per_category)
+    if args.max_new_tokens < 3:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens} is too small: a switch rate needs at least "
+            "2 rated positions, i.e. 3 generated tokens"
+        )
+    model, tokenizer = load(args.model, args.device)
+    handle = temoe.wrap(model)
+    k_tilde, n = handle.top_k, handle.num_experts
+    if not k_tilde <= args.k_hat <= n:
+        raise ValueError(
+            f"--k-hat {args.k_hat} is out of range for this model: need k̃ = {k_tilde} <= k̂ <= N = {n}"
+        )
+    if tokenizer.pad_token is None:  # left padding needs a pad token; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    records = []
+    out = args.records.open("w", encoding="utf-8") if args.records else None
+    try:
+        for gen in generate_traced(
+            handle,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            chat_template=not args.no_chat_template,
+        ):
+            record = prompt_record(gen, k_tilde, args.k_hat)
+            record.update(
+                model=args.model,
+                num_experts=n,
+                top_k=k_tilde,
+                k_hat=args.k_hat,
+                layer_indices=handle.layer_indices,
+            )
+            records.append(record)
+            if out:
+                out.write(json.dumps(record) + "\n")
+    finally:
+        if out:
+            out.close()
+    result = {
+        "model": args.model,
+        "model_type": handle.model_type,
+        "num_layers": handle.num_layers,
+        "layer_indices": handle.layer_indices,
+        "num_experts": n,
+        "k_tilde": k_tilde,
+        "k_hat": args.k_hat,
+        "rated_positions": RATED_POSITIONS,
+        "settings": {
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "prompts": str(args.prompts),
+            "num_prompts": len(prompts),
+        },
+        "categories": summarize(records),
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Console().print(_table(result))
+    return 0
+
+
+def _table(result: dict):
+    """Rich tables: rows k̂ = k̃ and k̂ with mean ± std per category, then per-layer means."""
+    from rich.console import Group
+    from rich.table import Table
+
+    cats = result["categories"]
+    k_tilde, k_hat = result["k_tilde"], result["k_hat"]
+    main = Table(
+        title=f"Switch rate (mean ± std over prompts) of {result['model']} "
+        f"(N={result['num_experts']}, k̃={k_tilde})",
+        caption=f"Rated: {result['rated_positions']}",
+    )
+    main.add_column("k̂")
+    for name, entry in cats.items():
+        main.add_column(f"{name} (n={entry['n']})", justify="right")
+    for key, k in (("k_tilde", k_tilde), ("k_hat", k_hat)):
+        main.add_row(
+            f"{k}" + (" (= k̃)" if key == "k_tilde" else ""),
+            *(f"{e[key]['mean']:.2f}±{e[key]['std']:.2f}" if key in e else "n/a" for e in cats.values()),
+        )
+    layers = Table(title="Per-layer switch rate over all prompts (mean)")
+    layers.add_column("MoE layer (decoder layer)")
+    layers.add_column(f"k̂ = k̃ = {k_tilde}", justify="right")
+    layers.add_column(f"k̂ = {k_hat}", justify="right")
+    everything = cats["all"]
+    if "per_layer_k_tilde" in everything:
+        for i, (a, b) in enumerate(zip(everything["per_layer_k_tilde"], everything["per_layer_k_hat"])):
+            layers.add_row(f"{i} ({result['layer_indices'][i]})", f"{a:.3f}", f"{b:.3f}")
+    return Group(main, layers)
