@@ -8,7 +8,7 @@ from temoe.controller import ControllerConfig, OptionController, recorded_mask_f
 from temoe.metrics import switch_rate
 from temoe.testing import TINY_MODEL_TYPES, tiny_model
 
-B, PROMPT, STEPS, K_HAT = 4, 5, 40, 4
+B, PROMPT, STEPS, K_HAT = 8, 5, 20, 4  # B·STEPS·L = 320 decisions, few forward calls
 
 
 def generate(model, handle, controller, state, prompt):
