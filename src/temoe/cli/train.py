@@ -29,14 +29,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from accelerate import PartialState
-
     from temoe.train.config import load_config, parse_overrides
     from temoe.train.trainer import train
 
     overrides = {key: getattr(args, flag) for flag, key in _SHORTHANDS.items() if getattr(args, flag) is not None}
     overrides.update(parse_overrides(args.overrides))
-    config = load_config(args.config, overrides, num_processes=PartialState().num_processes)
+    # The process count is checked inside train(), once accelerate's state exists (creating a PartialState
+    # here would fix the distributed type before the Accelerator reads ACCELERATE_USE_CPU).
+    config = load_config(args.config, overrides)
     result = train(config, resume=args.resume)
     if result.metrics:
         last = result.metrics[-1]
