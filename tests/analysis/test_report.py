@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from temoe.analysis.report import build_report, load_summaries, markdown_tables, summary_rows
+from temoe.analysis.report import load_summaries, markdown_tables, summary_rows
 from temoe.analysis.stats import wald_ci
 from temoe.cli.main import main
 
@@ -57,5 +57,6 @@ def test_report_cli_writes_markdown_and_heatmaps(tmp_path):
     text = (out / "report.md").read_text()
     assert "| Controller (η = 0.02) | 45.0 ± 6.9 |" in text
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert pngs == [f"activations_{m}_k16_layer{i}.png" for m in ("base", "controller_eta0.02") for i in range(3)]
+    stems = ("base", "controller_eta0.02")
+    assert pngs == [f"activations_{m}_k16_layer{i}.png" for m in stems for i in range(3)]
     assert all(f"figures/{p}" in text for p in pngs)

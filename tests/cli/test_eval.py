@@ -1,4 +1,5 @@
-"""`temoe eval` through a subprocess on a tiny random model (`testing:gpt_oss`), plus its user-facing errors."""
+"""`temoe eval` through a subprocess on a tiny random model (`testing:gpt_oss`), plus its user-facing
+errors."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def _mc_file(tmp_path: Path) -> Path:
     f = tmp_path / "mc.jsonl"
-    rows = [{"id": f"q{i}", "question": f"question {i}", "choices": ["w", "x", "y", "z"], "answer": "ABCD"[i % 4]}
-            for i in range(6)]
+    rows = [{"id": f"q{i}", "question": f"question {i}", "choices": ["w", "x", "y", "z"],
+             "answer": "ABCD"[i % 4]} for i in range(6)]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f
 
 
 def test_eval_subprocess_writes_summary_and_records(tmp_path):
     out, recs = tmp_path / "out.json", tmp_path / "records.jsonl"
-    cmd = [sys.executable, "-m", "temoe.cli.main", "eval", "--model", "testing:gpt_oss", "--baseline", "random",
-           "--k-hat", "4", "--task", "mmlu", "--data", str(_mc_file(tmp_path)), "--limit", "4", "--json", str(out),
-           "--records", str(recs), "--max-new-tokens", "5", "--batch-size", "2"]
+    cmd = [sys.executable, "-m", "temoe.cli.main", "eval", "--model", "testing:gpt_oss",
+           "--baseline", "random", "--k-hat", "4", "--task", "mmlu", "--data", str(_mc_file(tmp_path)),
+           "--limit", "4", "--json", str(out), "--records", str(recs), "--max-new-tokens", "5",
+           "--batch-size", "2"]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -39,8 +41,8 @@ def test_eval_subprocess_writes_summary_and_records(tmp_path):
 
 def test_eval_errors_name_the_bad_value(tmp_path, capsys):
     args = ["eval", "--model", "testing:gpt_oss", "--k-hat", "1", "--task", "mmlu", "--data",
-            str(_mc_file(tmp_path)), "--limit", "2", "--json", str(tmp_path / "o.json"), "--max-new-tokens", "2",
-            "--baseline", "random"]
+            str(_mc_file(tmp_path)), "--limit", "2", "--json", str(tmp_path / "o.json"),
+            "--max-new-tokens", "2", "--baseline", "random"]
     assert main(args) == 2
     assert "k_hat=1 out of range" in capsys.readouterr().err
     assert main(["eval", "--k-hat", "4", "--task", "mmlu", "--json", str(tmp_path / "o.json")]) == 2

@@ -36,8 +36,8 @@ def test_greedy_matches_hf_generate(handle, tokenizer):
 
 def test_left_padding_does_not_change_tokens(handle, tokenizer):
     alone = generate(handle, tokenizer, ["hi"], BaseSource(4), GREEDY, torch.Generator(), eos_ids=set())[0]
-    batched = generate(handle, tokenizer, ["a much longer prompt than the other", "hi"], BaseSource(4), GREEDY,
-                       torch.Generator(), eos_ids=set())[1]
+    prompts = ["a much longer prompt than the other", "hi"]
+    batched = generate(handle, tokenizer, prompts, BaseSource(4), GREEDY, torch.Generator(), eos_ids=set())[1]
     assert batched.token_ids == alone.token_ids
     torch.testing.assert_close(batched.router_logits, alone.router_logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(batched.expert_ids, alone.expert_ids)
@@ -58,7 +58,8 @@ def test_evaluate_writes_one_record_per_question(handle, tokenizer, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = load_task("mmlu", data, limit=3, seed=42)
     cfg = GenerationConfig(max_new_tokens=5, batch_size=2, seed=42)
-    summary, records = evaluate(handle, tokenizer, task, BaseSource(4), cfg, records_path=tmp_path / "r.jsonl")
+    summary, records = evaluate(handle, tokenizer, task, BaseSource(4), cfg,
+                                records_path=tmp_path / "r.jsonl")
     assert summary["n"] == 3 and 0 <= summary["accuracy"] <= 1 and len(summary["accuracy_ci"]) == 2
     assert summary["method"] == "base" and summary["k_hat"] == 4 and summary["task"] == "mmlu"
     lines = (tmp_path / "r.jsonl").read_text().splitlines()

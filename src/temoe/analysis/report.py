@@ -1,4 +1,5 @@
-"""The paper's Table 2/3 layout and figures, built from saved evaluation summaries and records (no model runs).
+"""The paper's Table 2/3 layout and figures, built from saved evaluation summaries and records
+(no model runs).
 
 Inputs are the files `temoe eval` / `temoe demo` write: a summary JSON per (method, η, k̂, task) with
 `accuracy`, `accuracy_ci`, `switch_rate`, `switch_rate_ci` and, when saved, `records` (the JSONL path whose
@@ -20,11 +21,13 @@ METHOD_ORDER = ("base", "frequency", "reconstruction", "random", "random-fixed",
 TASK_NAMES = {"math": "Math", "mc": "MC", "mc-multilingual": "MC-multilingual", "hendrycks-math": "MATH",
               "mmlu": "MMLU", "mmmlu": "MMMLU"}
 _METHOD_LABELS = {"base": "Base model", "frequency": "Frequency", "reconstruction": "Reconstruction loss",
-                  "random": "Random (per token)", "random-fixed": "Random (fixed subset)", "wanda": "Wanda (structured)"}
+                  "random": "Random (per token)", "random-fixed": "Random (fixed subset)",
+                  "wanda": "Wanda (structured)"}
 
 
 def load_summaries(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every summary JSON among `paths` (files, or directories searched recursively); other JSON is skipped."""
+    """Every summary JSON among `paths` (files, or directories searched recursively); other JSON is
+    skipped."""
     out = []
     for p in paths:
         p = Path(p)
@@ -79,26 +82,29 @@ def markdown_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str] | None 
     """Markdown: one table per k̂ with `Acc. (%)` and `Switch (%)` columns per task (Table 2/3 layout)."""
     if not rows:
         raise ValueError("no evaluation summaries to tabulate")
-    tasks = list(tasks) if tasks else list(dict.fromkeys(r["task"] for r in sorted(rows, key=lambda r: r["task"])))
+    if not tasks:
+        tasks = sorted({r["task"] for r in rows})
     out = []
     for k_hat in sorted({r["k_hat"] for r in rows}, key=lambda k: -(k or 0)):
         at_k = [r for r in rows if r["k_hat"] == k_hat]
         methods = list(dict.fromkeys((r["method"], r["eta"]) for r in at_k))
-        header = ["Method"] + [f"{TASK_NAMES.get(t, t)} {c}" for t in tasks for c in ("Acc. (%)", "Switch (%)")]
+        header = ["Method"] + [f"{TASK_NAMES.get(t, t)} {c}" for t in tasks
+                               for c in ("Acc. (%)", "Switch (%)")]
         lines = [f"**k̂ = {k_hat}**", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for method, eta in methods:
             cells = [_label(method, eta)]
             for t in tasks:
-                r = next((r for r in at_k if r["method"] == method and r["eta"] == eta and r["task"] == t), None)
+                r = next((r for r in at_k
+                          if r["method"] == method and r["eta"] == eta and r["task"] == t), None)
                 cells += ["–", "–"] if r is None else [_pm(r["accuracy"], r["accuracy_ci"]),
                                                        _pm(r["switch_rate"], r["switch_rate_ci"])]
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
-    note = ("Accuracy ± half-width of the 95% Wald interval over questions (the interval the paper's ± values "
-            "match); switch rate ± half-width of the 95% normal interval of the mean over questions. Base and "
-            "static baselines: the base-model switch-rate definition with k̂ slots; random and controller: the "
-            "change rate of the installed masks (METHOD §2).")
+    note = ("Accuracy ± half-width of the 95% Wald interval over questions (the interval the paper's "
+            "± values match); switch rate ± half-width of the 95% normal interval of the mean over "
+            "questions. Base and static baselines: the base-model switch-rate definition with k̂ slots; "
+            "random and controller: the change rate of the installed masks (METHOD §2).")
     return "\n\n".join(out) + "\n\n" + note + "\n"
 
 
@@ -171,7 +177,8 @@ def training_curves(runs: dict[str, str | Path], out_path: str | Path,
 def build_report(inputs: Iterable[str | Path], out_dir: str | Path, *, title: str = "temoe evaluation",
                  tasks: Sequence[str] | None = None, runs: dict[str, str | Path] | None = None,
                  preamble: str = "") -> Path:
-    """Write `out_dir/report.md` (tables + figure links) and `out_dir/figures/*.png`; returns the report path."""
+    """Write `out_dir/report.md` (tables + figure links) and `out_dir/figures/*.png`; returns the
+    report path."""
     out_dir = Path(out_dir)
     rows = summary_rows(load_summaries(inputs))
     parts = [f"# {title}", ""]

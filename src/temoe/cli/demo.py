@@ -1,12 +1,284 @@
-"""`temoe demo` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe demo`: the whole paper on the embedded model in one command, resumable stage by stage.
+
+Stages, each caching its output under `--out DIR` (a rerun skips what is already there):
+1. survey   `DIR/survey.json`: base-model switch rate on the embedded prompts (Table 1, k̂ = k̃ and k̂).
+2. train    `DIR/train/eta<η>/`: controller + LoRA training (`temoe.train.train`) at each η.
+3. eval     `DIR/eval/<method>[_eta<η>]-<task>.json` + `.jsonl`: base, the four baselines and each
+            controller on the embedded math / mc / mc-multilingual sets at the same k̂ (Table 2 layout).
+4. report   `DIR/report.md`, `DIR/figures/*.png`, `DIR/summary.json` (one row per method × η × task).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+#: Methods in table order; "controller" is evaluated once per η.
+DEMO_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of one demo run; `quick()` and `full()` are the two presets."""
+
+    out: str
+    """Run directory: every stage writes (and on rerun reads) its outputs here."""
+    model: str = "tiny"
+    """`temoe.load_model` name ("tiny" = the embedded model, or a local HF dir) or `testing:<model_type>`."""
+    k_hat: int = 16
+    """k̂ for every method (16 = N/2 for the embedded model, as the paper's headline k̂ = 16 of 32)."""
+    etas: tuple[float, ...] = (0.02, 0.04)
+    """Deliberation costs η of the trained controllers (paper: 0.02 is the headline, 0.03/0.04 ablations)."""
+    tasks: tuple[str, ...] = ("math", "mc", "mc-multilingual")
+    """Evaluation tasks (`temoe.eval.tasks.TASKS`)."""
+    data: dict[str, str] = field(default_factory=dict)
+    """Data paths of local-file tasks (hendrycks-math, mmlu, mmmlu), by task name."""
+    methods: tuple[str, ...] = DEMO_METHODS
+    """Methods to evaluate (subset of DEMO_METHODS)."""
+    limit: int = 200
+    """Questions per task (§5: 200, seed 42)."""
+    max_new_tokens: int = 96
+    """Generated tokens per question (the embedded tasks' answers are short; §5 uses 2048 on real models)."""
+    batch_size: int = 16
+    """Questions per generation batch."""
+    train_steps: int = 120
+    """Controller training steps per η (§5: checkpoint at step 120 for k̂ = 16)."""
+    train_config: str | None = None
+    """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra `TrainConfig` key=value overrides."""
+    checkpoints: dict[float, str] = field(default_factory=dict)
+    """Use these existing checkpoints (η -> dir) instead of training."""
+    survey_per_category: int = 20
+    """Survey prompts per category (Table 1 uses 100)."""
+    survey_tokens: int = 64
+    """Generated tokens per survey prompt (Table 1: 256)."""
+    calibration_prompts: int = 128
+    """Calibration prompts of the baselines (§5: 128)."""
+    calibration_tokens: int = 256
+    """Prompt + response tokens per calibration sequence (§5: 2048; the embedded prompts are short)."""
+    prompts: str | None = None
+    """Prompt JSONL for the survey and calibration (default: the embedded `prompts.jsonl`)."""
+    seed: int = 42
+    """Seed of question sampling, generation and calibration (§5: 42)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    @classmethod
+    def quick(cls, out: str, **kw) -> DemoConfig:
+        """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
+        base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=48, train_steps=4, survey_per_category=3,
+                    survey_tokens=32, calibration_prompts=16, calibration_tokens=128)
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def full(cls, out: str, **kw) -> DemoConfig:
+        """README preset (≤ 15 minutes on 2 CPU cores for the embedded model)."""
+        return cls(out=out, **kw)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _prompts_path(cfg: DemoConfig) -> Path:
+    if cfg.prompts is not None:
+        return Path(cfg.prompts)
+    from temoe.embedded import data_path
+
+    return Path(data_path("prompts.jsonl"))
+
+
+def _load(cfg: DemoConfig):
+    import temoe
+    from temoe.eval.pipeline import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    return temoe.wrap(model.eval()), tokenizer
+
+
+def stage_survey(cfg: DemoConfig, handle, tokenizer) -> dict:
+    """Base-model switch rates on the survey prompts (§3.1), cached in DIR/survey.json."""
+    from temoe.analysis.switch_survey import generate_traced, prompt_record, summarize
+    from temoe.prompts import load_prompts
+
+    path = Path(cfg.out) / "survey.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    prompts = load_prompts(_prompts_path(cfg), per_category=cfg.survey_per_category)
+    records = [prompt_record(g, handle.top_k, cfg.k_hat) for g in generate_traced(
+        handle, tokenizer, prompts, max_new_tokens=cfg.survey_tokens, temperature=0.5, seed=cfg.seed,
+        progress=cfg.progress)]
+    out = {"k_tilde": handle.top_k, "k_hat": cfg.k_hat, "summary": summarize(records)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def stage_train(cfg: DemoConfig, eta: float) -> Path:
+    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run)."""
+    if eta in cfg.checkpoints:
+        return Path(cfg.checkpoints[eta])
+    from temoe.train.checkpoint import resolve_checkpoint
+    from temoe.train.config import load_config, shipped_configs
+    from temoe.train.trainer import train
+
+    run_dir = Path(cfg.out) / "train" / f"eta{eta:g}"
+    done = run_dir / "DONE"
+    if done.exists():
+        return Path(done.read_text().strip())
+    config_name = cfg.train_config or ("tiny" if "tiny" in shipped_configs() else None)
+    overrides = {"model": cfg.model, "k_hat": cfg.k_hat, "eta": eta, "out_dir": str(run_dir),
+                 "steps": cfg.train_steps, "seed": cfg.seed, "progress": cfg.progress, **cfg.train_overrides}
+    if cfg.prompts is not None:
+        overrides.setdefault("prompts", cfg.prompts)
+    resume = (run_dir / "checkpoints" / "latest").exists()
+    result = train(load_config(config_name, overrides), resume=resume)
+    ckpt = resolve_checkpoint(result.checkpoint or run_dir)
+    done.write_text(str(ckpt) + "\n")
+    return ckpt
+
+
+def _eval_name(method: str, eta: float | None, task: str) -> str:
+    return f"{method}{'' if eta is None else f'_eta{eta:g}'}-{task}"
+
+
+def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path]) -> list[dict]:
+    """Evaluate every (method, η, task); each summary is cached in DIR/eval/<name>.json."""
+    from temoe.baselines import CalibrationConfig
+    from temoe.eval.pipeline import evaluate_method, load_controller, load_model_and_tokenizer, write_summary
+    from temoe.eval.runner import GenerationConfig
+    from temoe.eval.tasks import load_task
+
+    eval_dir = Path(cfg.out) / "eval"
+    generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    calibration = CalibrationConfig(num_prompts=cfg.calibration_prompts,
+                                    max_total_tokens=cfg.calibration_tokens, seed=cfg.seed,
+                                    prompts_file=str(_prompts_path(cfg)))
+    tasks = {t: load_task(t, cfg.data.get(t), limit=cfg.limit, seed=cfg.seed) for t in cfg.tasks}
+    jobs = [(m, None) for m in cfg.methods if m != "controller"]
+    if "controller" in cfg.methods:
+        jobs += [("controller", eta) for eta in sorted(checkpoints)]
+    summaries = []
+    bar = _bar(len(jobs) * len(tasks), "eval", cfg.progress)
+    for method, eta in jobs:
+        ctrl_handle, controller = handle, None
+        for name, task in tasks.items():
+            stem = _eval_name(method, eta, name)
+            path = eval_dir / f"{stem}.json"
+            if path.exists():
+                summaries.append(json.loads(path.read_text()))
+                bar.update(1)
+                continue
+            if method == "controller" and controller is None:
+                model, _ = load_model_and_tokenizer(cfg.model)
+                _, ctrl_handle, controller = load_controller(model.eval(), checkpoints[eta])
+            bar.set_description(f"eval {stem}")
+            summary, _ = evaluate_method(ctrl_handle, tokenizer, task, method, cfg.k_hat,
+                                         generation=generation, controller=controller, eta=eta,
+                                         calibration=calibration, cache_dir=Path(cfg.out) / "cache",
+                                         records_path=eval_dir / f"{stem}.jsonl")
+            summary["eta"] = eta
+            write_summary(path, summary)
+            summaries.append(summary)
+            bar.update(1)
+        if controller is not None:
+            ctrl_handle.unwrap()
+    bar.close()
+    return summaries
+
+
+def summary_rows(summaries: list[dict]) -> list[dict]:
+    """The `summary.json` rows: method, eta, k_hat, task, n, accuracy(+CI), switch_rate(+CI)."""
+    keys = ("method", "eta", "k_hat", "task", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci")
+    return [{k: s.get(k) for k in keys} for s in summaries]
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run (or resume) every stage; returns a dict with `report` (path), `summary` (rows), `survey`,
+    `seconds`."""
+    from temoe.analysis.report import build_report
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    handle, tokenizer = _load(cfg)
+    survey = stage_survey(cfg, handle, tokenizer)
+    checkpoints = {}
+    if "controller" in cfg.methods:
+        for eta in cfg.etas:
+            checkpoints[eta] = stage_train(cfg, eta)
+    summaries = stage_eval(cfg, handle, tokenizer, checkpoints)
+    rows = summary_rows(summaries)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    overall = survey["summary"].get("all", {})
+    pre = []
+    if "k_tilde" in overall:
+        pre.append(f"Base-model switch rate on the survey prompts (n = {overall['n']}): "
+                   f"{100 * overall['k_tilde']['mean']:.1f}% at k̂ = k̃ = {survey['k_tilde']}, "
+                   f"{100 * overall['k_hat']['mean']:.1f}% at k̂ = {survey['k_hat']}.")
+    runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
+    report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
+                          tasks=list(cfg.tasks), runs=runs, preamble="\n".join(pre))
+    return {"report": report, "summary": rows, "survey": survey, "seconds": time.perf_counter() - start}
+
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="(not implemented yet)")
+    p = sub.add_parser("demo", help="Survey, train, evaluate and report on the embedded model (resumable).",
+                       description=__doc__)
+    p.add_argument("--out", required=True, help="run directory (rerunning resumes)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (about 2 minutes on 2 CPU cores)")
+    p.add_argument("--model", default="tiny", help='"tiny", a local HF directory, or testing:<model_type>')
+    p.add_argument("--k-hat", type=int, help="allowed experts per layer (default 16)")
+    p.add_argument("--eta", type=float, action="append", help="deliberation cost η (repeatable)")
+    p.add_argument("--task", action="append", help="task (repeatable; default math, mc, mc-multilingual)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="data of a local-file task")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="ETA=DIR",
+                   help="use an existing controller checkpoint for η instead of training")
+    p.add_argument("--limit", type=int, help="questions per task")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--train-steps", type=int)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def run(args) -> int:
-    raise NotImplementedError("temoe demo is not implemented yet")
+    cfg = (DemoConfig.quick if args.quick else DemoConfig.full)(args.out, model=args.model,
+                                                                 progress=not args.no_progress)
+    updates: dict[str, Any] = {}
+    for key, value in (("k_hat", args.k_hat), ("limit", args.limit), ("max_new_tokens", args.max_new_tokens),
+                       ("train_steps", args.train_steps)):
+        if value is not None:
+            updates[key] = value
+    if args.eta:
+        updates["etas"] = tuple(args.eta)
+    if args.task:
+        updates["tasks"] = tuple(args.task)
+    if args.data:
+        updates["data"] = _pairs(args.data, "--data")
+    if args.checkpoint:
+        updates["checkpoints"] = {float(k): v for k, v in _pairs(args.checkpoint, "--checkpoint").items()}
+    cfg = replace(cfg, **updates)
+    result = run_demo(cfg)
+    print(Path(result["report"]).read_text())
+    print(f"demo finished in {result['seconds']:.0f} s; wrote {result['report']} and "
+          f"{Path(cfg.out) / 'summary.json'}", file=sys.stderr)
+    return 0

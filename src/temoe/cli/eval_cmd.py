@@ -1,5 +1,5 @@
-"""`temoe eval`: accuracy and switch rate of the base model, a pruning baseline or a trained controller on a task
-(METHOD §5), written as a summary JSON and optionally one JSON record per question."""
+"""`temoe eval`: accuracy and switch rate of the base model, a pruning baseline or a trained controller on
+a task (METHOD §5), written as a summary JSON and optionally one JSON record per question."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="Evaluate the base model, a baseline or a controller on a task.",
                        description=__doc__)
     p.add_argument("--model", default="tiny",
-                   help='"tiny" (embedded model), a local HF directory, or testing:<model_type> (tiny random)')
+                   help='"tiny" (embedded model), a local HF directory, or testing:<model_type>')
     method = p.add_mutually_exclusive_group()
     method.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir)")
     method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
@@ -62,7 +62,8 @@ def run(args) -> int:
     else:
         handle = temoe.wrap(model)
         method = args.baseline or "base"
-    calibration = CalibrationConfig(num_prompts=args.calibration_size, max_total_tokens=args.calibration_tokens,
+    calibration = CalibrationConfig(num_prompts=args.calibration_size,
+                                    max_total_tokens=args.calibration_tokens,
                                     prompts_file=args.calibration_prompts, seed=args.seed)
 
     def progress(done: int, total: int) -> None:

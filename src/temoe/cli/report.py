@@ -1,4 +1,5 @@
-"""`temoe report`: the paper's Table 2/3 layout (Markdown) and figures (PNG) from saved evaluation summaries."""
+"""`temoe report`: the paper's Table 2/3 layout (Markdown) and figures (PNG) from saved evaluation
+summaries."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype | None = None):
-    """(model, tokenizer) for `name`: `testing:<model_type>` builds `temoe.testing.tiny_model` with the offline
-    character tokenizer (as the trainer's `testing:` models); anything else goes to `temoe.load_model`
+    """(model, tokenizer) for `name`: `testing:<model_type>` builds `temoe.testing.tiny_model` with the
+    offline character tokenizer (as the trainer's `testing:` models); anything else goes to `temoe.load_model`
     ("tiny" = the embedded model, or a local HF directory)."""
     if name.startswith("testing:"):
         from temoe.testing import tiny_model
@@ -65,7 +65,8 @@ def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
                              f"but k_hat={k_hat} was requested")
         gen = torch.Generator(device=next(controller.parameters()).device).manual_seed(generation.seed)
         source = ControllerSource(controller, gen, mode=controller_mode, eta=eta)
-        return evaluate(handle, tokenizer, task, source, generation, records_path=records_path, progress=progress)
+        return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
+                        progress=progress)
     from temoe.baselines import baseline_source
 
     with baseline_source(method, handle, tokenizer, k_hat, calibration=calibration, cache_dir=cache_dir,

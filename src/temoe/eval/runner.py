@@ -179,7 +179,8 @@ def generate(handle, tokenizer, prompts: Sequence[str], source: MaskSource, cfg:
         # Generated positions of row b: the last prompt position, then one row per decode call.
         # A stop-string or EOS ending keeps T = the kept tokens; an empty completion has no positions.
         T = len(tokens[b])
-        rows = torch.tensor(([b * S + S - 1] + [B * S + t * B + b for t in range(T - 1)])[:T], dtype=torch.long)
+        rows = [b * S + S - 1] + [B * S + t * B + b for t in range(T - 1)]
+        rows = torch.tensor(rows[:T], dtype=torch.long)
         rl, ei = logits_all[rows], ids_all[rows]
         rate, loaded = source.sequence_switches(b, rows, rl, ei)
         results.append(Generation(text, tokens[b], rl, ei, rate, loaded))
@@ -198,7 +199,8 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
 
     One record per question: `id, prompt, completion, prediction, answer, correct, switch_rate,
     experts_loaded, n_generated, active_experts, num_experts, top_k` (`active_experts`: per generated
-    position, per MoE layer, the routed expert ids). The summary adds the run's settings to `temoe.eval.stats.summarise`.
+    position, per MoE layer, the routed expert ids). The summary adds the run's settings to
+    `temoe.eval.stats.summarise`.
     """
     cfg = cfg or GenerationConfig()
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)

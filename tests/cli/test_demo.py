@@ -1,0 +1,42 @@
+"""`temoe demo` pipeline on a tiny random model with local task files: every stage writes its outputs, the
+summary has one row per method × task, and a rerun resumes from the caches without recomputing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from temoe.cli.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_resume(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    pairs = [("hello world", "chat"), ("def f(x):", "code"), ("2+2=", "math")]
+    prompts.write_text("".join(json.dumps({"prompt": p, "category": c}) + "\n" for p, c in pairs))
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"id": f"q{i}", "question": f"q {i}", "choices": list("wxyz"),
+                                      "answer": "ABCD"[i % 4]}) + "\n" for i in range(4)))
+    cfg = DemoConfig.quick(str(tmp_path / "run"), model="testing:gpt_oss", k_hat=4, tasks=("mmlu",),
+                           data={"mmlu": str(mc)}, limit=3, max_new_tokens=5, train_steps=1,
+                           survey_per_category=1, survey_tokens=5, calibration_prompts=3,
+                           calibration_tokens=20, prompts=str(prompts), progress=False, batch_size=4,
+                           train_overrides={"prompts_per_step": 2, "max_new_tokens": 5,
+                                            "controller_hidden": 16, "expert_embed_dim": 8})
+    result = run_demo(cfg)
+    run = tmp_path / "run"
+    rows = json.loads((run / "summary.json").read_text())
+    assert [(r["method"], r["eta"]) for r in rows] == [("base", None), ("frequency", None),
+                                                       ("reconstruction", None), ("random", None),
+                                                       ("wanda", None), ("controller", 0.02)]
+    assert all(r["k_hat"] == 4 and r["task"] == "mmlu" and r["n"] == 3 for r in rows)
+    assert all(set(r) >= {"accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci"} for r in rows)
+    report = (run / "report.md").read_text()
+    assert "| Controller (η = 0.02) |" in report and "Base-model switch rate" in report
+    assert (run / "survey.json").exists() and (run / "train" / "eta0.02" / "DONE").exists()
+    assert list((run / "figures").glob("activations_controller_eta0.02_k4_layer*.png"))
+    stamp = (run / "eval" / "base-mmlu.json").stat().st_mtime_ns
+    again = run_demo(cfg)  # every stage is cached: nothing is recomputed
+    assert (run / "eval" / "base-mmlu.json").stat().st_mtime_ns == stamp
+    assert again["summary"] == result["summary"]
