@@ -55,20 +55,22 @@ def decode_steps(
     model = engine.handle.model
     cache = DynamicCache(config=model.config)
     x = input_ids.to(engine.device)
-    with torch.inference_mode():
-        for step in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        # Grad mode is entered per step, never held across a `yield`: the server interleaves several of these
+        # generators on one thread, and a context held across yields would be restored out of order.
+        with torch.inference_mode():
             with engine.step(stream, masks, batch_shape=(1, x.shape[1]), prefill=step == 0):
                 logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1]  # (1, V)
             if step == 0 and on_prefill_done is not None:
                 on_prefill_done()
-            if step > 0:
-                engine.decode_tokens += 1
-            engine.last_cache = cache
             x = sample_next(logits, temperature, top_p, generator)
-            token = int(x)
-            yield token
-            if eos_token_id is not None and token == eos_token_id:
-                return
+        if step > 0:
+            engine.decode_tokens += 1
+        engine.last_cache = cache
+        token = int(x)
+        yield token
+        if eos_token_id is not None and token == eos_token_id:
+            return
 
 
 def resolve_masks(

@@ -65,7 +65,10 @@ class Job:
     token_times: list[float] = field(default_factory=list)
 
     def emit(self, kind: str, payload) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+        except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
+            self.cancelled = True
 
 
 class Worker:
@@ -92,6 +95,7 @@ class Worker:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._stop = False
+        self.step_lock = threading.Lock()
         self.completed = 0
         self.failed = 0
         self._thread = threading.Thread(target=self._loop, name="temoe-serve-worker", daemon=True)
@@ -155,7 +159,8 @@ class Worker:
                     job = self._waiting.popleft()
                     self._active.append((job, None))
             for idx, (job, steps) in enumerate(list(self._active)):
-                self._step(idx, job, steps)
+                with self.step_lock:  # /v1/stats reads the engine between steps, never during one
+                    self._step(idx, job, steps)
             self._active = [(j, s) for j, s in self._active if s is not False]
 
     def _step(self, idx: int, job: Job, steps) -> None:
@@ -299,8 +304,11 @@ class App:
         )
 
     async def stats(self, request: Request):
-        out = {"worker": self.worker.load(), **self.engine.summary(), **self.engine.memory_report()}
-        return JSONResponse(out)
+        def read() -> dict:
+            with self.worker.step_lock:
+                return {"worker": self.worker.load(), **self.engine.summary(), **self.engine.memory_report()}
+
+        return JSONResponse(await asyncio.to_thread(read))
 
     async def completions(self, request: Request):
         return await self._handle(request, chat=False)

@@ -28,6 +28,7 @@ class SlotTable:
         self.expert_in = [-1] * num_slots
         self.last_used = [0] * num_slots
         self._clock = 0
+        self._on_device: torch.Tensor | None = None  # cached copy of slot_of where the ids live (CUDA)
 
     def resident(self) -> set[int]:
         return {e for e in self.expert_in if e >= 0}
@@ -64,6 +65,7 @@ class SlotTable:
             self.slot_of[victim] = -1
         self.expert_in[slot] = expert
         self.slot_of[expert] = slot
+        self._on_device = None
         self._clock += 1
         self.last_used[slot] = self._clock
         return slot, victim
@@ -71,7 +73,9 @@ class SlotTable:
     def lookup(self, expert_ids: torch.Tensor) -> torch.Tensor:
         """Map expert ids (any shape, int64) to slot ids; raises loudly if any routed expert is not
         resident."""
-        slots = self.slot_of.to(expert_ids.device)[expert_ids]
+        if self._on_device is None or self._on_device.device != expert_ids.device:
+            self._on_device = self.slot_of.to(expert_ids.device)
+        slots = self._on_device[expert_ids]
         if bool((slots < 0).any()):
             missing = sorted({int(e) for e in expert_ids[slots < 0].unique()})
             raise RuntimeError(
