@@ -1,12 +1,61 @@
-"""`temoe pretrain` (placeholder until its issue lands; the owning work replaces this file)."""
+"""`temoe pretrain`: regenerate the embedded corpus, tokenizer and gpt-oss MoE, then pretrain (resumable)."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+_SIZES = {
+    # name -> overrides of PretrainConfig; "ci" is a few-second smoke run on a sliver of the corpus.
+    "full": {},
+    "ci": {
+        "natural_chars": 20_000,
+        "tokenizer_task_docs": 500,
+        "vocab_size": 512,
+        "batch_size": 2,
+        "seq_len": 64,
+        "num_layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 32,
+        "head_dim": 8,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "export_every": 1000,
+    },
+}
+
 
 def register(sub) -> None:
-    p = sub.add_parser("pretrain", help="(not implemented yet)")
+    p = sub.add_parser("pretrain", help="pretrain the embedded MoE from its generated corpus (CPU or GPU)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run directory (checkpoint, metrics.jsonl, export/)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 2000 for --size full)")
+    p.add_argument("--size", choices=sorted(_SIZES), default="full", help="'ci' = tiny smoke-test run")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--export", type=Path, default=None, help="also write the final HF directory here")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    raise NotImplementedError("temoe pretrain is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    from temoe.embedded.pretrain import PretrainConfig, pretrain
+
+    overrides = dict(_SIZES[args.size])
+    for key in ("steps", "lr", "batch_size", "seq_len"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    overrides.update(seed=args.seed, device=args.device)
+    valid = {f.name for f in fields(PretrainConfig)}
+    cfg = PretrainConfig(**{k: v for k, v in overrides.items() if k in valid})
+    last = pretrain(args.out, cfg, resume=args.resume, export_path=args.export)
+    print(
+        f"[temoe] done: step {last.get('step')} loss/lm {last.get('loss/lm', float('nan')):.4f} -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,226 @@
+"""Pretraining loop of the embedded gpt-oss MoE: corpus -> tokenizer -> model -> AdamW with cosine LR.
+
+Resumable: `DIR/checkpoint.pt` holds model, optimizer, step and RNG states and is replaced atomically;
+`DIR/metrics.jsonl` gets one line per logged step; `DIR/export/` (and `export_path`) get the HF directory.
+Batches are a pure function of (seed, step) (see `corpus.Corpus.sample`), so resuming replays nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer, GenerationConfig, GptOssConfig, GptOssForCausalLM
+
+from temoe.embedded.corpus import Corpus
+from temoe.embedded.tokenizer import train_tokenizer
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of one pretraining run (written to DIR/config.json)."""
+
+    steps: int = 2000
+    """Optimizer steps (the cosine schedule spans exactly these)."""
+    batch_size: int = 6
+    seq_len: int = 384
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    """Cosine decays to lr * min_lr_ratio."""
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    vocab_size: int = 4096
+    num_layers: int = 4
+    hidden_size: int = 128
+    intermediate_size: int = 64
+    num_experts: int = 32
+    top_k: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    router_aux_loss_coef: float = 0.02
+    """Switch-Transformer load-balancing loss weight (GptOssForCausalLM adds it with output_router_logits)."""
+    natural_chars: int = 1_500_000
+    """Characters read per natural-text source; small values make a quick CI corpus."""
+    tokenizer_task_docs: int = 20_000
+    log_every: int = 10
+    checkpoint_every: int = 50
+    export_every: int = 200
+    device: str = "cpu"
+
+
+def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
+    """The gpt-oss configuration of the embedded model (paper-like routing: 32 experts, top-4)."""
+    return GptOssConfig(
+        num_hidden_layers=cfg.num_layers,
+        num_local_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.top_k,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        head_dim=cfg.head_dim,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        sliding_window=128,
+        max_position_embeddings=2048,
+        # Plain RoPE: the default yarn scaling of gpt-oss is meant for 131k contexts.
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        router_aux_loss_coef=cfg.router_aux_loss_coef,
+        output_router_logits=True,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int) -> torch.Tensor:
+    """Packed batch (B, S) of <|bos|> doc <|eos|> sequences; a pure function of (seed, step)."""
+    rng = random.Random(f"batch-{cfg.seed}-{step}")
+    need = cfg.batch_size * cfg.seq_len
+    ids: list[int] = []
+    while len(ids) < need:
+        docs = [corpus.sample(rng)[1] for _ in range(32)]
+        for enc in tokenizer(docs)["input_ids"]:  # post-processor prepends <|bos|>
+            ids.extend(enc)
+            ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids[:need], dtype=torch.long).view(cfg.batch_size, cfg.seq_len)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup then cosine decay to lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export(model: GptOssForCausalLM, tokenizer, path: Path) -> None:
+    """Write the HF directory (safetensors, config without router logits, tokenizer, generation config)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.config.output_router_logits = False
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=64,
+    )
+    model.save_pretrained(tmp, safe_serialization=True)
+    model.config.output_router_logits = True
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, path)
+
+
+def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: Path | None = None) -> dict:
+    """Run (or resume) pretraining in `out`; returns the last logged metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
+    tok_dir = out / "tokenizer"
+    if resume and tok_dir.exists():
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    else:
+        tokenizer = train_tokenizer(corpus, cfg.vocab_size, task_docs=cfg.tokenizer_task_docs)
+        tokenizer.save_pretrained(tok_dir)
+    model = GptOssForCausalLM(model_config(cfg, tokenizer)).to(cfg.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    step, elapsed = 0, 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"[temoe] resumed from {ckpt_path} at step {step}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"[temoe] gpt-oss MoE: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, device {cfg.device}"
+    )
+
+    def save() -> None:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "elapsed_s": elapsed,
+                "torch_rng": torch.get_rng_state(),
+                "config": asdict(cfg),
+            },
+            ckpt_path,
+        )
+
+    model.train()
+    last: dict = {}
+    t0 = time.time() - elapsed
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    with (out / "metrics.jsonl").open("a") as log:
+        while step < cfg.steps:
+            batch = make_batch(corpus, tokenizer, cfg, step).to(cfg.device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            outputs = model(input_ids=batch, labels=batch)
+            opt.zero_grad(set_to_none=True)
+            outputs.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            elapsed = time.time() - t0
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                aux = float(outputs.aux_loss)
+                last = {
+                    "step": step,
+                    "tokens": step * cfg.batch_size * cfg.seq_len,
+                    "loss/total": float(outputs.loss),
+                    "loss/lm": float(outputs.loss) - cfg.router_aux_loss_coef * aux,
+                    "loss/router_aux": aux,
+                    "grad_norm": float(grad_norm),
+                    "lr": lr_at(step - 1, cfg),
+                    "elapsed_s": round(elapsed, 1),
+                    "tokens_per_s": round(step * cfg.batch_size * cfg.seq_len / max(elapsed, 1e-9), 1),
+                }
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{last['loss/lm']:.3f}", aux=f"{aux:.3f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save()
+            if step % cfg.export_every == 0 or step == cfg.steps:
+                export(model, tokenizer, out / "export")
+    bar.close()
+    if export_path is not None:
+        export(model, tokenizer, export_path)
+    return last
