@@ -27,7 +27,7 @@ from temoe.eval.tasks import Task
 from temoe.rollout.sampling import nucleus
 
 __all__ = ["GenerationConfig", "Generation", "generate", "evaluate", "write_records", "eos_token_ids",
-           "encode_prompt"]
+           "encode_prompt", "generate_from_ids"]
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,19 @@ def generate(handle, tokenizer, prompts: Sequence[str], source: MaskSource, cfg:
     `cfg.max_new_tokens` tokens. Finished rows keep feeding padding so the batch keeps its shape; their
     routing after the end is not used.
     """
+    input_ids, attn = _encode(tokenizer, prompts, chat, cfg.max_prompt_tokens)
+    return generate_from_ids(handle, tokenizer, input_ids, attn, source, cfg, generator, stop=stop,
+                             eos_ids=eos_ids)
+
+
+@torch.no_grad()
+def generate_from_ids(handle, tokenizer, input_ids: Tensor, attn: Tensor, source: MaskSource,
+                      cfg: GenerationConfig, generator: torch.Generator, *, stop: Sequence[str] = (),
+                      eos_ids: set[int] | None = None) -> list[Generation]:
+    """`generate` from left-padded (B, S) input ids and attention mask (used by the lm-eval adapter)."""
     model = handle.model
     device = next(model.parameters()).device
     eos_ids = eos_token_ids(model, tokenizer) if eos_ids is None else eos_ids
-    input_ids, attn = _encode(tokenizer, prompts, chat, cfg.max_prompt_tokens)
     input_ids, attn = input_ids.to(device), attn.to(device)
     B, S = input_ids.shape
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
