@@ -59,9 +59,9 @@ def test_controller_state_is_reset_per_batch(handle):
     assert masks.shape == (2, 7, 2, 8) and bool((masks.sum(-1) == 4).all())
     ids = trace.expert_ids(0)  # rows: call 0 (B x 1), then call 1 (B x 6) in (batch, position) order
     controlled = ids[2:].reshape(2, 6, 2)
-    assert bool(masks[:, 1:, 0].gather(-1, controlled).all()), "routed experts outside the controller's option"
+    assert bool(masks[:, 1:, 0].gather(-1, controlled).all()), "routed expert outside the option"
     lm._model_call(inps)
-    assert source.state is not first_state and source.state.num_steps == 7  # fresh state, nothing carried over
+    assert source.state is not first_state and source.state.num_steps == 7  # fresh state each batch
 
 
 def test_simple_evaluate_on_a_local_task(handle, tmp_path):

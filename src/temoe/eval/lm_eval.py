@@ -4,10 +4,10 @@
 Option state is reset per sequence: each harness batch gets a fresh `source.start(B)` (for a controller, a new
 `OptionState` with one independent row per sequence), so no option carries over between requests.
 
-- loglikelihood / multiple choice (`_model_call`, right-padded (B, S) batches): static and random masks apply to
-  the one forward. A controller runs the first position as its prompt (ω_0 = the router's top-k̂ there) and then
-  controls every later position teacher-forced, in one cached forward (its decisions are sequential per
-  position inside the call), the way it runs during generation.
+- loglikelihood / multiple choice (`_model_call`, right-padded (B, S) batches): static and random masks
+  apply to the one forward. A controller runs the first position as its prompt (ω_0 = the router's top-k̂
+  there) and then controls every later position teacher-forced, in one cached forward (its decisions are
+  sequential per position inside the call), the way it runs during generation.
 - generate_until (`_model_generate`): temoe's own cached sampler (`temoe.eval.runner.generate_from_ids`), the
   same code path as `temoe eval`; `do_sample`, `temperature`, `top_p` come from the task's generation kwargs.
 
@@ -39,7 +39,7 @@ class TemoeLM(HFLM):
     """An `HFLM` over a `temoe.wrap`-ped model whose routing is restricted by `source`.
 
     handle: the model's `MoEHandle`; tokenizer: its HF tokenizer; source: where masks come from;
-    seed: seeds the generator of sampled generations and controller draws is the source's own.
+    seed: seeds the generator of sampled generations (a controller's draws use the source's generator).
     Remaining keyword arguments go to `HFLM` (batch_size, max_length, ...).
     """
 
