@@ -123,6 +123,7 @@ class OffloadEngine:
         self.mover = ExpertMover(self.store, self.device, self.transfer)
         layout = self.store.layout
         self._orig_device = [next(b.parameters()).device for b in bases]
+        self._model_device = next(model.parameters()).device
         with torch.no_grad():  # free the original expert weights: the host store holds them now
             for base in bases:
                 for name in layout.names:
@@ -186,8 +187,11 @@ class OffloadEngine:
             del self._last_option[key]
 
     def detach(self, restore_weights: bool = True) -> None:
-        """Put the original experts modules back; with `restore_weights` their weights return from the store
-        to their original device (False: leave them empty, to hand `self.store` to the next engine)."""
+        """Put the original experts modules back. With `restore_weights` the model returns to the device it
+        was on and the expert weights return from the store (False: leave them empty and the model on the
+        engine's device, to hand `self.store` to the next engine)."""
+        if restore_weights:
+            self.handle.model.to(self._model_device)
         with torch.no_grad():
             for (block, attr, wrapper), dev in zip(self._wrappers, self._orig_device):
                 base = wrapper.base_layer
