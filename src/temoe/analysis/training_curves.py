@@ -1,0 +1,99 @@
+"""Training-curve figures (paper Fig. 5 and A1–A3) from saved `metrics.jsonl` records, without re-running.
+
+Each panel: a thin raw per-step line, a thick running mean over 20 steps, and a bootstrap 95% band (1000
+resamples of the same 20-step window, 2.5/97.5 percentiles), one colour per run (labelled by η and k̂).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+#: (file stem, figure title, [(metric key, panel title)]): Fig. 5, A1, A2, A3.
+FIGURES = (
+    ("training_curves", "Training dynamics (Fig. 5)",
+     [("rollout/reward", "Reward (neg. KL per token)"), ("rollout/switch_rate", "Switch rate")]),
+    ("training_losses", "Losses (Fig. A1)",
+     [("loss/value", "Value loss"), ("loss/controller_policy", "Controller policy loss (termination + selection)"),
+      ("loss/policy", "Intra-option policy loss")]),
+    ("switch_prob", "Switch probability (Fig. A2)",
+     [("rollout/switch_prob_p95", "Switch prob p95"), ("rollout/switch_prob_std", "Switch prob std")]),
+    ("repeat_ppl", "Repetition and teacher perplexity (Fig. A3)",
+     [("rollout/repeat_fraction", "Repeat fraction"), ("rollout/teacher_ppl", "Teacher PPL (mean)")]),
+)
+
+
+def running_mean_band(values: np.ndarray, window: int = 20, resamples: int = 1000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trailing running mean over `window` steps and its bootstrap 95% band. values (S,) -> 3 × (S,).
+
+    NaN values are ignored; a window with no finite value gives NaN.
+    """
+    rng = np.random.default_rng(seed)
+    mean, lo, hi = (np.full(len(values), np.nan) for _ in range(3))
+    for s in range(len(values)):
+        w = values[max(0, s - window + 1): s + 1]
+        w = w[np.isfinite(w)]
+        if len(w) == 0:
+            continue
+        mean[s] = w.mean()
+        boot = rng.choice(w, size=(resamples, len(w)), replace=True).mean(axis=1)
+        lo[s], hi[s] = np.percentile(boot, [2.5, 97.5])
+    return mean, lo, hi
+
+
+def _label(run_dir: Path) -> str:
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        cfg = yaml.safe_load(cfg_path.read_text())
+        return f"η={cfg.get('eta')}, k̂={cfg.get('k_hat')}"
+    return run_dir.name
+
+
+def plot_training(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path,
+                  window: int = 20) -> list[Path]:
+    """Write the four figures as PNG into `out_dir` for one or several run directories; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
+    runs = []
+    for d in dirs:
+        path = d / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no metrics.jsonl in {d} (is it a `temoe train` run directory?)")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        runs.append((_label(d), records))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    paths = []
+    for stem, title, panels in FIGURES:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (key, panel_title) in zip(axes[0], panels):
+            for c, (label, records) in enumerate(runs):
+                steps = np.array([r["step"] for r in records], dtype=float)
+                vals = np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records],
+                                dtype=float)
+                colour = colours[c % len(colours)]
+                mean, lo, hi = running_mean_band(vals, window)
+                ax.plot(steps, vals, color=colour, alpha=0.25, linewidth=0.8)
+                ax.plot(steps, mean, color=colour, linewidth=2.0, label=label)
+                ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+            ax.set_title(panel_title)
+            ax.set_xlabel("Training step")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,34 @@
+"""Training-curve figures from metrics.jsonl records, and the running mean / bootstrap band arithmetic."""
+
+import json
+
+import numpy as np
+
+from temoe.analysis.training_curves import plot_training, running_mean_band
+
+
+def test_running_mean_band_by_hand():
+    v = np.array([1.0, 3.0, 5.0, np.nan])
+    mean, lo, hi = running_mean_band(v, window=2, resamples=200)
+    # windows: [1] -> 1; [1, 3] -> 2; [3, 5] -> 4; [5, nan] -> 5 (NaN ignored)
+    np.testing.assert_allclose(mean, [1.0, 2.0, 4.0, 5.0])
+    assert lo[0] == hi[0] == 1.0 and 1.0 <= lo[1] <= 2.0 <= hi[1] <= 3.0
+
+
+def test_plot_training_writes_four_pngs_for_two_runs(tmp_path):
+    for eta in (0.02, 0.04):
+        run = tmp_path / f"eta{eta}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"eta: {eta}\nk_hat: 16\n")
+        rng = np.random.default_rng(0)
+        with (run / "metrics.jsonl").open("w") as f:
+            for s in range(1, 31):
+                f.write(json.dumps({"step": s, "rollout/reward": -1 + s / 30 + 0.1 * rng.normal(),
+                                    "rollout/switch_rate": 0.05 / s, "loss/value": 1.0, "loss/policy": 0.1,
+                                    "loss/controller_policy": 0.0, "rollout/switch_prob_p95": 0.05,
+                                    "rollout/switch_prob_std": 0.01, "rollout/repeat_fraction": 0.3,
+                                    "rollout/teacher_ppl": 10.0}) + "\n")
+    paths = plot_training([tmp_path / "eta0.02", tmp_path / "eta0.04"], tmp_path / "fig")
+    assert [p.name for p in paths] == ["training_curves.png", "training_losses.png", "switch_prob.png",
+                                       "repeat_ppl.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
