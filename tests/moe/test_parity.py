@@ -68,3 +68,24 @@ def test_unwrap_restores_model(model_type):
         with handle.restrict(keep):
             pass
     temoe.wrap(model).unwrap()  # wrapping again after unwrap is allowed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model_type", ALL_MODEL_TYPES)
+def test_cuda_bf16_parity_and_restriction(model_type):
+    model = build(model_type, torch.bfloat16).cuda()
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        ref_prefill, ref_decode = _prefill_and_decode(model, ids)
+        handle = temoe.wrap(model)
+        L, N = handle.num_layers, handle.num_experts
+        with handle.restrict(torch.ones(L, N, dtype=torch.bool)):
+            prefill, decode = _prefill_and_decode(model, ids)
+        masks = torch.zeros(L, N, dtype=torch.bool)
+        masks[:, 1:4] = True
+        with handle.restrict(masks), handle.trace() as trace:
+            restricted = model(ids).logits
+    assert torch.equal(prefill, ref_prefill) and torch.equal(decode, ref_decode)
+    assert torch.isfinite(restricted).all()
+    assert all(masks[i][trace.expert_ids(i)].all() for i in range(L))
