@@ -59,6 +59,13 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return out
 
 
+def gpt_oss_20b_config(num_layers: int | None = None) -> GptOssConfig:
+    """The gpt-oss-20b config (alternating sliding/full attention), optionally cut to `num_layers` layers."""
+    layers = num_layers or GPT_OSS_20B["num_hidden_layers"]
+    kinds = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    return GptOssConfig(**{**GPT_OSS_20B, "num_hidden_layers": layers, "layer_types": kinds})
+
+
 def gpt_oss_20b_random(device: torch.device, num_layers: int | None = None, seed: int = 0):
     """gpt-oss-20b-shaped GptOssForCausalLM with random bf16 weights (no download) and a char tokenizer.
 
@@ -70,14 +77,7 @@ def gpt_oss_20b_random(device: torch.device, num_layers: int | None = None, seed
             "gpt-oss-20b-random at full depth (24 layers, ~21B params, ~42 GB bf16) runs only on "
             "CUDA; on CPU pass --num-layers 2 for a smoke run"
         )
-    layers = num_layers or GPT_OSS_20B["num_hidden_layers"]
-    cfg = GptOssConfig(
-        **{
-            **GPT_OSS_20B,
-            "num_hidden_layers": layers,
-            "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
-        }
-    )
+    cfg = gpt_oss_20b_config(num_layers)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.to_empty(device=device)
@@ -92,7 +92,7 @@ def gpt_oss_20b_random(device: torch.device, num_layers: int | None = None, seed
                 p.normal_(0.0, 0.02, generator=gen)
     # Buffers (rotary inv_freq) were left uninitialised by to_empty: rebuild the rotary module from
     # the config.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config, device=device)
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config).to(device)
     return model.eval(), char_tokenizer()
 
 
