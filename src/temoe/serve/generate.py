@@ -127,7 +127,14 @@ def generate_offloaded(
     if mode not in ("option", "lru", "full"):
         raise ValueError(f"mode must be one of option, lru, full; got {mode!r}")
     own_handle = handle is None
-    handle = temoe.wrap(model) if own_handle else handle
+    if own_handle:
+        try:
+            handle = temoe.wrap(model)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{err}; pass its handle as generate_offloaded(..., handle=handle) (e.g. the one "
+                "returned by temoe.train.checkpoint.load_for_inference)"
+            ) from None
     try:
         route, k_hat, state = resolve_masks(
             handle, controller, masks, temperature=temperature, generator=generator
