@@ -5,6 +5,7 @@ import torch
 from conftest import ALL_MODEL_TYPES, build
 
 import temoe
+from temoe.testing import TINY_MODEL_TYPES
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -41,7 +42,7 @@ def test_all_allowed_is_bit_identical(model_type, dtype):
         assert torch.equal(got, ref_decode)
 
 
-@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_unwrap_restores_model(model_type):
     model = build(model_type)
     ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(2))
