@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from temoe.cli.main import main
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -47,3 +49,25 @@ def test_eval_errors_name_the_bad_value(tmp_path, capsys):
     assert "k_hat=1 out of range" in capsys.readouterr().err
     assert main(["eval", "--k-hat", "4", "--task", "mmlu", "--json", str(tmp_path / "o.json")]) == 2
     assert "--data PATH" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_with_a_trained_checkpoint(tmp_path, capsys):
+    from temoe.train.config import load_config
+    from temoe.train.trainer import train
+
+    cfg = load_config(None, {"model": "testing:gpt_oss", "k_hat": 4, "eta": 0.03,
+                             "out_dir": str(tmp_path / "run"), "steps": 1, "prompts_per_step": 2,
+                             "max_new_tokens": 4, "controller_hidden": 16, "expert_embed_dim": 8,
+                             "progress": False})
+    train(cfg)
+    out = tmp_path / "ctrl.json"
+    args = ["eval", "--model", "testing:gpt_oss", "--checkpoint", str(tmp_path / "run"), "--k-hat", "4",
+            "--task", "mmlu", "--data", str(_mc_file(tmp_path)), "--limit", "3", "--json", str(out),
+            "--max-new-tokens", "4"]
+    assert main(args) == 0
+    summary = json.loads(out.read_text())
+    assert summary["method"] == "controller" and summary["eta"] == 0.03 and summary["n"] == 3
+    assert summary["switch_rate_definition"] == "mask" and summary["controller_mode"] == "sample"
+    assert main(args[:6] + ["8"] + args[7:]) == 2  # k̂ differs from the checkpoint's
+    assert "trained with k̂ = 4" in capsys.readouterr().err

@@ -55,10 +55,13 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(args.model)
     model = model.to(device).eval()
-    controller = None
+    controller, eta = None, None
     if args.checkpoint:
+        from temoe.train.checkpoint import read_meta, resolve_checkpoint
+
         model, handle, controller = load_controller(model, args.checkpoint)
         method = "controller"
+        eta = read_meta(resolve_checkpoint(args.checkpoint))["train_config"].get("eta")  # the η column
     else:
         handle = temoe.wrap(model)
         method = args.baseline or "base"
@@ -70,7 +73,7 @@ def run(args) -> int:
         print(f"\r{method} {args.task}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
     summary, _ = evaluate_method(handle, tokenizer, task, method, args.k_hat, generation=generation,
-                                 controller=controller, controller_mode=args.controller_mode,
+                                 controller=controller, eta=eta, controller_mode=args.controller_mode,
                                  calibration=calibration, cache_dir=args.cache_dir,
                                  random_variant="fixed" if args.random_fixed else "per-token",
                                  records_path=args.records, progress=progress)

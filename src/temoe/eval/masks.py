@@ -141,10 +141,12 @@ class ControllerSource(MaskSource):
         self.controller, self.generator, self.mode, self.name = controller, generator, mode, name
         self.k_hat, self.eta = controller.k_hat, eta
         self.state = None
+        self._options = None
 
     def start(self, batch_size: int) -> Callable:
         self.state = self.controller.new_state(batch_size, self.generator, mode=self.mode,
                                                record_hidden=False)
+        self._options = None
         return self.controller.mask_fn(self.state)
 
     def after_prefill(self) -> None:
@@ -157,7 +159,9 @@ class ControllerSource(MaskSource):
         T = rows.numel()
         if T < 2:
             return None, None
-        options = self.state.option_masks()[b, :T].cpu()  # (T, L, N)
+        if self._options is None:  # (B, T_max, L, N), stacked once per batch
+            self._options = self.state.option_masks().cpu()
+        options = self._options[b, :T]  # (T, L, N)
         return metrics.switch_rate(options), _loads(options)
 
     def describe(self) -> dict[str, Any]:
