@@ -72,7 +72,8 @@ class DemoConfig:
     def quick(cls, out: str, **kw) -> DemoConfig:
         """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
         base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=48, train_steps=4, survey_per_category=3,
-                    survey_tokens=32, calibration_prompts=16, calibration_tokens=128)
+                    survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
+                    train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0})
         return cls(**{**base, **kw})
 
     @classmethod
@@ -183,7 +184,8 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
             summary, _ = evaluate_method(ctrl_handle, tokenizer, task, method, cfg.k_hat,
                                          generation=generation, controller=controller, eta=eta,
                                          calibration=calibration, cache_dir=Path(cfg.out) / "cache",
-                                         records_path=eval_dir / f"{stem}.jsonl")
+                                         records_path=eval_dir / f"{stem}.jsonl",
+                                         progress=lambda done, total: bar.set_postfix_str(f"{done}/{total}"))
             summary["eta"] = eta
             write_summary(path, summary)
             summaries.append(summary)
