@@ -41,7 +41,8 @@ class CalibrationConfig:
     batch_size: int = 8
     """Sequences per forward/generation batch."""
     prompts_file: str | None = None
-    """JSONL with a `prompt` field per line; None = the embedded `prompts.jsonl` (the training prompts)."""
+    """JSONL with a `prompt` field per line; None = the embedded `calibration.jsonl` (128 prompts drawn
+    from the training prompts `prompts.jsonl`)."""
     chat: bool = True
     """Wrap prompts in the tokenizer's chat template when it has one (the reference skipped it; digest §5)."""
 
@@ -57,7 +58,7 @@ def calibration_prompts(cfg: CalibrationConfig) -> list[str]:
     if cfg.prompts_file is None:
         from temoe.embedded import data_path
 
-        path = Path(data_path("prompts.jsonl"))
+        path = Path(data_path("calibration.jsonl"))
     else:
         path = Path(cfg.prompts_file)
         if not path.exists():

@@ -161,7 +161,7 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
     generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     calibration = CalibrationConfig(num_prompts=cfg.calibration_prompts,
                                     max_total_tokens=cfg.calibration_tokens, seed=cfg.seed,
-                                    prompts_file=str(_prompts_path(cfg)))
+                                    prompts_file=cfg.prompts)  # None: the embedded calibration.jsonl
     tasks = {t: load_task(t, cfg.data.get(t), limit=cfg.limit, seed=cfg.seed) for t in cfg.tasks}
     jobs = [(m, None) for m in cfg.methods if m != "controller"]
     if "controller" in cfg.methods:
