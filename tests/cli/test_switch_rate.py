@@ -53,10 +53,11 @@ def test_switch_rate_and_plot(tmp_path):
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    assert "generated tokens only" in run.stdout and "chat (n=2)" in run.stdout
+    assert "Rated: generated tokens only" in run.stdout and "k̂ = k̃ = 2" in run.stdout
     table = json.loads((tmp_path / "table.json").read_text())
     assert (table["k_tilde"], table["k_hat"], table["num_experts"], table["num_layers"]) == (2, 4, 8, 2)
     assert set(table["categories"]) == {"chat", "code", "all"}
+    assert table["rated_positions"].startswith("generated tokens only")
     records = [json.loads(line) for line in (tmp_path / "rec.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == [p["prompt"] for p in PROMPTS]
     for r in records:

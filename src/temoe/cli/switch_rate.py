@@ -23,7 +23,11 @@ def register(sub) -> None:
         "'tiny-random:<model_type>' (a random from-config test model)",
     )
     p.add_argument(
-        "--prompts", required=True, type=Path, help="JSONL with 'prompt' and optional 'category', 'id'"
+        "--prompts",
+        type=Path,
+        default=None,
+        help="JSONL with 'prompt' and optional 'category', 'id' (default: the shipped prompts.jsonl, "
+        "100 prompts in each of Table 1's 10 categories)",
     )
     p.add_argument(
         "--k-hat", required=True, type=int, help="allowed experts k̂ of the base-model option (k̃ <= k̂ <= N)"
@@ -78,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from temoe.analysis.switch_survey import RATED_POSITIONS, generate_traced, prompt_record, summarize
     from temoe.prompts import load_prompts
 
+    if args.prompts is None:
+        from temoe.embedded import data_path
+
+        args.prompts = data_path("prompts.jsonl")
     prompts = load_prompts(args.prompts, per_category=args.per_category)
     if args.max_new_tokens < 3:
         raise ValueError(
@@ -149,25 +157,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(result: dict):
-    """Rich tables: rows k̂ = k̃ and k̂ with mean ± std per category, then per-layer means."""
+    """Rich tables: per category (rows) the switch rate mean ± std at k̂ = k̃ and at k̂; then per-layer means."""
     from rich.console import Group
     from rich.table import Table
 
     cats = result["categories"]
     k_tilde, k_hat = result["k_tilde"], result["k_hat"]
     main = Table(
-        title=f"Switch rate (mean ± std over prompts) of {result['model']} "
-        f"(N={result['num_experts']}, k̃={k_tilde})",
+        title=f"Switch rate of {result['model']} (N={result['num_experts']}, k̃={k_tilde}), "
+        "mean ± std over prompts",
         caption=f"Rated: {result['rated_positions']}",
     )
-    main.add_column("k̂")
+    main.add_column("category")
+    main.add_column("prompts", justify="right")
+    main.add_column(f"k̂ = k̃ = {k_tilde}", justify="right")
+    main.add_column(f"k̂ = {k_hat}", justify="right")
     for name, entry in cats.items():
-        main.add_column(f"{name} (n={entry['n']})", justify="right")
-    for key, k in (("k_tilde", k_tilde), ("k_hat", k_hat)):
-        main.add_row(
-            f"{k}" + (" (= k̃)" if key == "k_tilde" else ""),
-            *(f"{e[key]['mean']:.2f}±{e[key]['std']:.2f}" if key in e else "n/a" for e in cats.values()),
-        )
+        cells = [
+            f"{entry[key]['mean']:.2f} ± {entry[key]['std']:.2f}" if key in entry else "n/a"
+            for key in ("k_tilde", "k_hat")
+        ]
+        unrated = f" (+{entry['unrated']} unrated)" if entry["unrated"] else ""
+        main.add_row(name, f"{entry['n']}{unrated}", *cells, end_section=name == list(cats)[-2])
     layers = Table(title="Per-layer switch rate over all prompts (mean)")
     layers.add_column("MoE layer (decoder layer)")
     layers.add_column(f"k̂ = k̃ = {k_tilde}", justify="right")
