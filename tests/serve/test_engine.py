@@ -139,3 +139,15 @@ def test_generate_offloaded_contract():
         assert key in stats
     with pytest.raises(ValueError, match="needs a controller or masks"):
         generate_offloaded(model, tok, "Hi", 2, mode="option", handle=handle)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v3"])
+def test_lru_parity_other_architectures(model_type):
+    """Shared experts (qwen2_moe, deepseek_v3), dense first layers (deepseek_v3) and the other routers."""
+    model = tiny_model(model_type)
+    handle = temoe.wrap(model)
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    expected = _reference(model, handle, ids, None)
+    policy = make_policy("lru", handle.num_layers, handle.num_experts, expert_budget=3)
+    got, _ = _engine_tokens(handle, policy, ids, None)
+    assert got == expected
