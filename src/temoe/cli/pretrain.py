@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--time-budget-min", type=float, default=None,
+                   help="wall-clock budget: cosine over min(steps, budget), stop at whichever ends first")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="also write the final HF directory here")
     p.set_defaults(func=run)
 
@@ -51,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     for key in ("steps", "lr", "batch_size", "seq_len"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    overrides.update(seed=args.seed, device=args.device)
+    overrides.update(seed=args.seed, device=args.device, threads=args.threads)
+    if args.time_budget_min is not None:
+        overrides["time_budget_s"] = args.time_budget_min * 60
     valid = {f.name for f in fields(PretrainConfig)}
     cfg = PretrainConfig(**{k: v for k, v in overrides.items() if k in valid})
     last = pretrain(args.out, cfg, resume=args.resume, export_path=args.export)

@@ -29,24 +29,24 @@ class PretrainConfig:
 
     steps: int = 2000
     """Optimizer steps (the cosine schedule spans exactly these)."""
-    batch_size: int = 6
-    seq_len: int = 384
+    batch_size: int = 8
+    seq_len: int = 256
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     """Cosine decays to lr * min_lr_ratio."""
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    vocab_size: int = 4096
+    vocab_size: int = 2048
     num_layers: int = 4
-    hidden_size: int = 128
+    hidden_size: int = 64
     intermediate_size: int = 64
     num_experts: int = 32
     top_k: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: int = 32
+    head_dim: int = 16
     router_aux_loss_coef: float = 0.02
     """Switch-Transformer load-balancing loss weight (GptOssForCausalLM adds it with output_router_logits)."""
     natural_chars: int = 1_500_000
@@ -54,8 +54,13 @@ class PretrainConfig:
     tokenizer_task_docs: int = 20_000
     log_every: int = 10
     checkpoint_every: int = 50
-    export_every: int = 200
+    export_every: int = 100
     device: str = "cpu"
+    time_budget_s: float | None = None
+    """Wall-clock budget: when set, the cosine runs over min(steps, budget) and training stops at whichever
+    ends first (for shared CPUs whose speed is unknown in advance); the reached step count is logged."""
+    threads: int | None = None
+    """torch CPU threads (1 avoids OpenMP spin-waiting on an oversubscribed machine); None = torch default."""
 
 
 def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
@@ -96,11 +101,13 @@ def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int) -> tor
     return torch.tensor(ids[:need], dtype=torch.long).view(cfg.batch_size, cfg.seq_len)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup then cosine decay to lr * min_lr_ratio at cfg.steps."""
+def lr_at(step: int, cfg: PretrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at cfg.steps (or the time budget, if sooner)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.time_budget_s is not None:
+        progress = max(progress, min(1.0, elapsed_s / cfg.time_budget_s))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -140,9 +147,12 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     """Run (or resume) pretraining in `out`; returns the last logged metrics."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
     tok_dir = out / "tokenizer"
-    if resume and tok_dir.exists():
+    # The tokenizer is a deterministic function of (seed, corpus, vocab size): reuse it when already trained.
+    if tok_dir.exists() and len(AutoTokenizer.from_pretrained(tok_dir)) == cfg.vocab_size:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     else:
         tokenizer = train_tokenizer(corpus, cfg.vocab_size, task_docs=cfg.tokenizer_task_docs)
@@ -188,10 +198,11 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     t0 = time.time() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)
     with (out / "metrics.jsonl").open("a") as log:
-        while step < cfg.steps:
+        while step < cfg.steps and not (cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s):
             batch = make_batch(corpus, tokenizer, cfg, step).to(cfg.device)
+            lr = lr_at(step, cfg, elapsed)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr
             outputs = model(input_ids=batch, labels=batch)
             opt.zero_grad(set_to_none=True)
             outputs.loss.backward()
@@ -200,7 +211,8 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
             step += 1
             elapsed = time.time() - t0
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            done = step == cfg.steps or (cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s)
+            if step % cfg.log_every == 0 or done:
                 aux = float(outputs.aux_loss)
                 last = {
                     "step": step,
@@ -209,16 +221,16 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
                     "loss/lm": float(outputs.loss) - cfg.router_aux_loss_coef * aux,
                     "loss/router_aux": aux,
                     "grad_norm": float(grad_norm),
-                    "lr": lr_at(step - 1, cfg),
+                    "lr": lr,
                     "elapsed_s": round(elapsed, 1),
                     "tokens_per_s": round(step * cfg.batch_size * cfg.seq_len / max(elapsed, 1e-9), 1),
                 }
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{last['loss/lm']:.3f}", aux=f"{aux:.3f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or done:
                 save()
-            if step % cfg.export_every == 0 or step == cfg.steps:
+            if step % cfg.export_every == 0 or done:
                 export(model, tokenizer, out / "export")
     bar.close()
     if export_path is not None:

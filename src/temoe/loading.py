@@ -1,0 +1,48 @@
+"""`load_model(name_or_path)`: the embedded model by short name (`tiny`) or any local HF model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from temoe.embedded import MODELS
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """Directory of an embedded model name or of a local HF checkpoint; ValueError listing the valid names."""
+    key = str(name_or_path)
+    if key in MODELS:
+        path = MODELS[key]
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"embedded model {key!r} is missing its files at {path}; reinstall temoe")
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"{path} is a directory but has no config.json (not a HF model directory)"
+            )
+        return path
+    raise ValueError(
+        f"unknown model {key!r}: not an embedded model name and not a local directory; "
+        f"embedded names: {', '.join(sorted(MODELS))} (model hubs are not used)"
+    )
+
+
+def load_model(
+    name_or_path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) in eval mode; `dtype` defaults to the checkpoint's, `device` to CPU."""
+    path = resolve_model_path(name_or_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto")
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
