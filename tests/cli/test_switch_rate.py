@@ -131,9 +131,15 @@ def test_unknown_tiny_model_type(tmp_path, capsys):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("temoe.analysis.training_curves") is not None,
-    reason="temoe.analysis.training_curves exists: `plot training` is tested with it",
+    importlib.util.find_spec("temoe.analysis.training_curves") is None,
+    reason="temoe.analysis.training_curves is not there yet",
 )
-def test_plot_training_missing_module_is_clear(tmp_path, capsys):
-    assert main(["plot", "training", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "temoe.analysis.training_curves is missing" in capsys.readouterr().err
+def test_plot_training(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "rollout/reward": -1.0 + 0.1 * s, "rollout/switch_rate": 0.5} for s in range(5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", "training", str(run), "--out", str(tmp_path / "o"), "--window", "2"]) == 0
+    assert "training_curves.png" in capsys.readouterr().out
+    assert main(["plot", "training", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

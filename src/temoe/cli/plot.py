@@ -19,7 +19,8 @@ def register(sub) -> None:
     act.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
     act.set_defaults(func=run_activations)
     train = kinds.add_parser("training", help="training curves of a run directory (paper Fig. 5)")
-    train.add_argument("run_dir", type=Path, help="a `temoe train` output directory")
+    train.add_argument("run_dirs", type=Path, nargs="+", help="`temoe train` run dirs, one colour each")
+    train.add_argument("--window", type=int, default=20, help="running-mean window in steps")
     train.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
     train.set_defaults(func=run_training)
 
@@ -46,6 +47,6 @@ def run_training(args: argparse.Namespace) -> int:
         raise ValueError(
             f"training plots are unavailable: temoe.analysis.training_curves is missing ({err})"
         ) from None
-    for path in plot_training(args.run_dir, args.out):
+    for path in plot_training(args.run_dirs, args.out, window=args.window):
         print(path)
     return 0
