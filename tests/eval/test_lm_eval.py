@@ -64,6 +64,7 @@ def test_controller_state_is_reset_per_batch(handle):
     assert source.state is not first_state and source.state.num_steps == 7  # fresh state each batch
 
 
+@pytest.mark.slow
 def test_simple_evaluate_on_a_local_task(handle, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"question": q, "choices": ["x", "y", "z"], "label": i}) + "\n"

@@ -107,7 +107,7 @@ def calibration_sequences(handle, tokenizer, cfg: CalibrationConfig | None = Non
         cache = Path(cache_dir) / f"calibration-{calibration_key(handle, cfg, prompts)}.json"
         if cache.exists():
             return json.loads(cache.read_text())["sequences"]
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator(device=next(handle.model.parameters()).device).manual_seed(cfg.seed)
     encoded = [encode_prompt(tokenizer, p, cfg.chat, cfg.max_total_tokens - 1) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda j: len(encoded[j]))  # similar lengths batch together
     sequences: list[list[int] | None] = [None] * len(prompts)

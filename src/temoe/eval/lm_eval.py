@@ -47,7 +47,7 @@ class TemoeLM(HFLM):
         device = next(handle.model.parameters()).device
         super().__init__(pretrained=handle.model, tokenizer=tokenizer, device=str(device), **kwargs)
         self.handle, self.source = handle, source
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _restrict(self, batch_size: int):
         masks = self.source.start(batch_size)  # fresh per batch: option state reset per sequence

@@ -112,7 +112,10 @@ def _encode(tokenizer, prompts: Sequence[str], chat: bool, max_len: int) -> tupl
 
 
 def _sample(logits: Tensor, cfg: GenerationConfig, generator: torch.Generator) -> Tensor:
-    """(B, V) logits -> (B,) token ids: greedy at temperature 0, else tempered nucleus sampling."""
+    """(B, V) logits -> (B,) token ids: greedy at temperature 0, else tempered nucleus sampling.
+
+    `generator` must live on the logits' device.
+    """
     if cfg.temperature == 0:
         return logits.argmax(-1)
     probs = nucleus(torch.softmax(logits.float() / cfg.temperature, dim=-1), cfg.top_p)
@@ -212,7 +215,8 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
     `temoe.eval.stats.summarise`.
     """
     cfg = cfg or GenerationConfig()
-    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    # On the model's device: torch.multinomial needs a generator on the device of the probabilities.
+    generator = torch.Generator(device=next(handle.model.parameters()).device).manual_seed(cfg.seed)
     records: list[dict] = []
     start = time.perf_counter()
     items = task.items
