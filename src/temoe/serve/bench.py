@@ -1,8 +1,6 @@
-"""The serving ladder (`temoe bench serve`): full residency, an LRU cache at the k̂_max budget, and
-the temporally
-extended engine at each k̂, on the same model, prompts and device; one row of `serve/*` metrics per
-rung with the
-PCIe lower bound (decode bytes moved / H2D bandwidth) beside the measured copy time.
+"""The serving ladder (`temoe bench serve`): full residency, an LRU cache at the k̂_max budget, and the
+temporally extended engine at each k̂, on the same model, prompts and device; one row of `serve/*` metrics per
+rung with the PCIe lower bound (decode bytes moved / H2D bandwidth) beside the measured copy time.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Offloaded MoE execution: each layer's fused experts module is replaced in place (reversibly, the
-original kept
-as `base_layer`) by a wrapper that computes only with experts resident in the layer's device slots.
+"""Offloaded MoE execution: each layer's fused experts module is replaced in place (reversibly, the original
+kept as `base_layer`) by a wrapper that computes only with experts resident in the layer's device slots.
 
 The wrapper remaps the router's expert ids to slot ids and calls the experts module's own forward (whatever
 `experts_implementation` is configured) on a compact copy whose parameters are the slot buffers, so every
@@ -78,19 +77,16 @@ def _as_mask_fn(masks, num_layers: int) -> MaskFn:
 class OffloadEngine:
     """Keeps all expert weights in a host store and, per MoE layer, `policy.num_slots` experts on `device`.
 
-    Use: `engine = OffloadEngine(handle, policy, device)`; for every forward call
-    `with engine.step(stream, masks, batch_shape=(B, S), prefill=...): model(...)`;
-    `engine.release(stream)` when
-    a request ends; `engine.detach()` restores the model (expert weights back in their parameters).
-    `masks` (option/static/full modes) is what `handle.restrict` takes: (L, N), (B, L, N) or a
-    MaskFn; the engine
+    Use: `engine = OffloadEngine(handle, policy, device)`; for every forward call `with engine.step(stream,
+    masks, batch_shape=(B, S), prefill=...): model(...)`; `engine.release(stream)` when a request ends;
+    `engine.detach()` restores the model (expert weights back in their parameters). `masks`
+    (option/static/full modes) is what `handle.restrict` takes: (L, N), (B, L, N) or a MaskFn; the engine
     records the allowed set at each layer (union over the batch rows' last position) as that stream's option.
 
-    Prefill (`prefill=True`, S > 1): if the experts routed by the prompt fit in the layer's slots
-    together with the
-    wanted resident set, they are loaded into slots; otherwise the layer streams through a staging bank of N
-    rows (one layer at a time, reused by every layer): routed experts are copied in (resident ones device-to-
-    device), the layer runs, then the experts the last prompt position needs are placed in slots
+    Prefill (`prefill=True`, S > 1): if the experts routed by the prompt fit in the layer's slots together
+    with the wanted resident set, they are loaded into slots; otherwise the layer streams through a staging
+    bank of N rows (one layer at a time, reused by every layer): routed experts are copied in (resident ones
+    device-to-device), the layer runs, then the experts the last prompt position needs are placed in slots
     (from staging).
     """
 

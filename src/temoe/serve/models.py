@@ -44,9 +44,8 @@ _CHAT_TEMPLATE = (
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
-    """Offline character tokenizer for vocab >= 128 models: printable ASCII and newline map to
-    their code point,
-    0/1/2/3 are pad/bos/eos/unk. Has a plain `role: content` chat template."""
+    """Offline character tokenizer for vocab >= 128 models: printable ASCII and newline map to their code
+    point, 0/1/2/3 are pad/bos/eos/unk. Has a plain `role: content` chat template."""
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "\n": 10}
     vocab.update({chr(i): i for i in range(32, 127)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

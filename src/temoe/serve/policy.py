@@ -1,8 +1,7 @@
 """Residency policies: which experts of each MoE layer should be on the device (policy, no bytes moved here).
 
-The engine asks `plan(...)` once per MoE layer per forward call and executes the answer with the
-slot table and
-the store (the mechanism). Four policies, one per rung of the serving ladder:
+The engine asks `plan(...)` once per MoE layer per forward call and executes the answer with the slot table
+and the store (the mechanism). Four policies, one per rung of the serving ladder:
 - `FullPolicy`: every expert resident (upper bound, k̂ = N).
 - `StaticPolicy`: a fixed mask per layer (pruning baselines); loaded once, never changes.
 - `OptionPolicy`: the current option of every active request (the temporally extended engine); the resident
@@ -143,9 +142,9 @@ class StaticPolicy(OptionPolicy):
 
 
 class LRUPolicy(ResidencyPolicy):
-    """Reactive cache of the base router's experts: a miss loads the expert on the critical path
-    and evicts the
-    least recently used one (mixtral-offloading, vLLM #37190). No prefetch; `num_slots` = expert budget."""
+    """Reactive cache of the base router's experts: a miss loads the expert on the critical path and evicts
+    the least recently used one (mixtral-offloading, vLLM #37190). No prefetch; `num_slots` = expert
+    budget."""
 
     name = "lru"
 

@@ -14,9 +14,8 @@ class SlotTable:
     """id -> slot map for one layer with `num_slots` device slots for `num_experts` experts.
 
     `slot_of` (N,) int64 is -1 for experts not resident; it is what the engine indexes to remap the router's
-    expert ids (B*S, k) to slot ids. `last_used` is a logical clock per slot used to choose victims
-    (least recently
-    used first) among the experts the policy allows to evict.
+    expert ids (B*S, k) to slot ids. `last_used` is a logical clock per slot used to choose victims (least
+    recently used first) among the experts the policy allows to evict.
     """
 
     def __init__(self, num_experts: int, num_slots: int):

@@ -1,14 +1,12 @@
-"""Mechanism that moves expert bytes: a host store with one contiguous packed row per expert,
-device slot banks,
-and the copies between them (critical copies on the compute stream, the rest on a side stream on CUDA).
+"""Mechanism that moves expert bytes: a host store with one contiguous packed row per expert, device slot
+banks, and the copies between them (critical copies on the compute stream, the rest on a side stream on CUDA).
 
 Layout is architecture-agnostic: every parameter of a fused experts module whose first dim is N (gpt_oss:
 `gate_up_proj [N,H,2I]`, `gate_up_proj_bias [N,2I]`, `down_proj [N,I,H]`, `down_proj_bias [N,H]`;
-mixtral/qwen/
-olmoe/deepseek: `gate_up_proj [N,2I,H]`, `down_proj [N,H,I]`) is flattened into the expert's row at an offset
-aligned to 16 elements. A slot bank is a (S, row) tensor; its per-parameter views (S, *shape) share the packed
-rows, so one expert = one copy. On CPU there is no second memory tier: the "device" bank is a separate CPU
-tensor (simulated tier) and bytes are accounted exactly as on CUDA.
+mixtral/qwen/olmoe/deepseek: `gate_up_proj [N,2I,H]`, `down_proj [N,H,I]`) is flattened into the expert's row
+at an offset aligned to 16 elements. A slot bank is a (S, row) tensor; its per-parameter views (S, *shape)
+share the packed rows, so one expert = one copy. On CPU there is no second memory tier: the "device" bank is a
+separate CPU tensor (simulated tier) and bytes are accounted exactly as on CUDA.
 """
 
 from __future__ import annotations
@@ -89,9 +87,9 @@ class SlotBank:
 
 
 class HostExpertStore:
-    """All expert weights of all MoE layers in host memory, one (N, row_numel) tensor per layer
-    (rows contiguous
-    per expert), pinned when the device is CUDA. Read-only after packing: evictions never write back."""
+    """All expert weights of all MoE layers in host memory, one (N, row_numel) tensor per layer (rows
+    contiguous per expert), pinned when the device is CUDA. Read-only after packing: evictions never write
+    back."""
 
     def __init__(self, experts: list[nn.Module], num_experts: int, device: torch.device):
         self.layouts = [ExpertLayout.of(m, num_experts) for m in experts]
@@ -124,12 +122,10 @@ class ExpertMover:
 
     CUDA: critical copies go on the current (compute) stream, so the expert computation that follows sees them
     without a sync; background copies go on one side stream, after an event that marks the end of the last
-    computation that read the layer's slots (so an evicted slot is not overwritten while still
-    being read), and
-    each leaves an event that a later computation reading that slot waits on. CPU: critical copies
-    run at once;
-    background copies are queued and run after the layer's computation (`after_compute`), which is the order a
-    side stream gives on the GPU.
+    computation that read the layer's slots (so an evicted slot is not overwritten while still being read),
+    and each leaves an event that a later computation reading that slot waits on. CPU: critical copies run at
+    once; background copies are queued and run after the layer's computation (`after_compute`), which is the
+    order a side stream gives on the GPU.
     """
 
     def __init__(self, store: HostExpertStore, device: torch.device, stats: TransferStats):
@@ -154,9 +150,8 @@ class ExpertMover:
     ) -> None:
         """Copy host rows of `experts` into `bank` slots (one copy per expert).
 
-        kind: the counter to charge (critical | background | prefill | initial); only `critical`
-        copies count as
-        stall time. background: issue off the critical path (side stream / after the computation on CPU).
+        kind: the counter to charge (critical | background | prefill | initial); only `critical` copies count
+        as stall time. background: issue off the critical path (side stream / after the computation on CPU).
         """
         if not experts:
             return
