@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -21,6 +22,7 @@ def _temoe(*args, timeout=300):
                           env=ENV, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_bench_serve_ladder_json(tmp_path):
     out = tmp_path / "ladder.json"
     r = _temoe("bench", "serve", "--model", "tiny-random:mixtral", "--k-hat", "2", "4", "--max-new-tokens",
@@ -36,12 +38,14 @@ def test_bench_serve_ladder_json(tmp_path):
     assert "PCIe bound" in r.stdout
 
 
+@pytest.mark.slow
 def test_gpt_oss_20b_random_refused_on_cpu_at_full_depth():
     r = _temoe("bench", "serve", "--model", "gpt-oss-20b-random", "--device", "cpu")
     assert r.returncode == 2
     assert "--num-layers" in r.stderr and "CUDA" in r.stderr
 
 
+@pytest.mark.slow
 def test_serve_cli_answers_and_stops():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import torch
 import temoe
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.models import char_tokenizer
-from temoe.serve.server import App, start_background
+from temoe.serve.server import App, Job, start_background
 from temoe.testing import tiny_model
 
 MODEL = "tiny-random:gpt_oss"
@@ -120,3 +120,25 @@ def test_failing_request_does_not_disturb_others(served, monkeypatch):
     stats = httpx.get(served["base"] + "/stats", timeout=30).json()
     assert stats["worker"]["active"] == 0 and stats["worker"]["max_active"] == 2
     assert stats["serve/expert_slots_per_layer"] == 8
+
+
+class _ImmediateLoop:
+    def call_soon_threadsafe(self, fn, arg):
+        fn(arg)
+
+
+class _ListQueue(list):
+    def put_nowait(self, item):
+        self.append(item)
+
+
+def test_stop_string_is_never_streamed(served):
+    worker = served["app"].worker
+    tok = worker.tokenizer
+    job = Job(input_ids=torch.tensor([[72]]), max_tokens=10, temperature=0.0, top_p=1.0, stop=["\n\n"],
+              seed=None, loop=_ImmediateLoop(), queue=_ListQueue())
+    finishes = [worker._accept(job, t) for t in tok("ab\n").input_ids]
+    assert finishes == [None, None, None]
+    assert "".join(p for k, p in job.queue if k == "text") == "ab"        # "\n" held back: may start "\n\n"
+    assert worker._accept(job, tok("\n").input_ids[0]) == "stop"
+    assert "".join(p for k, p in job.queue if k == "text") == "ab"

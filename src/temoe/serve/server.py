@@ -200,13 +200,15 @@ class Worker:
             if cut >= 0:
                 self._emit_text(job, text[:cut])
                 return "stop"
-        if not text.endswith("\ufffd"):
+        finish = "stop" if eos else ("length" if len(job.token_times) >= job.max_tokens else None)
+        if finish is not None:
             self._emit_text(job, text)
-        if eos:
-            return "stop"
-        if len(job.token_times) >= job.max_tokens:
-            return "length"
-        return None
+        elif not text.endswith("\ufffd"):  # wait for complete UTF-8 characters
+            # Hold back a tail that could still grow into a stop string, so it is never streamed.
+            held = max((k for stop in job.stop for k in range(1, len(stop)) if text.endswith(stop[:k])),
+                       default=0)
+            self._emit_text(job, text[: len(text) - held])
+        return finish
 
     def _emit_text(self, job: Job, text: str) -> None:
         if len(text) > len(job.text):
@@ -377,7 +379,9 @@ class App:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _job(self, body: dict, prompt: str) -> Job:
-        max_tokens = _field(body, "max_completion_tokens", int, None) or _field(body, "max_tokens", int, 16)
+        max_tokens = _field(body, "max_completion_tokens", int, None)
+        if max_tokens is None:
+            max_tokens = _field(body, "max_tokens", int, 16)
         if not 1 <= max_tokens <= self.max_tokens_limit:
             raise RequestError(
                 f"max_tokens must be in [1, {self.max_tokens_limit}], got {max_tokens}", param="max_tokens"
