@@ -23,12 +23,28 @@ def test_plot_training_writes_four_pngs_for_two_runs(tmp_path):
         rng = np.random.default_rng(0)
         with (run / "metrics.jsonl").open("w") as f:
             for s in range(1, 31):
-                f.write(json.dumps({"step": s, "rollout/reward": -1 + s / 30 + 0.1 * rng.normal(),
-                                    "rollout/switch_rate": 0.05 / s, "loss/value": 1.0, "loss/policy": 0.1,
-                                    "loss/controller_policy": 0.0, "rollout/switch_prob_p95": 0.05,
-                                    "rollout/switch_prob_std": 0.01, "rollout/repeat_fraction": 0.3,
-                                    "rollout/teacher_ppl": 10.0}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": s,
+                            "rollout/reward": -1 + s / 30 + 0.1 * rng.normal(),
+                            "rollout/switch_rate": 0.05 / s,
+                            "loss/value": 1.0,
+                            "loss/policy": 0.1,
+                            "loss/controller_policy": 0.0,
+                            "rollout/switch_prob_p95": 0.05,
+                            "rollout/switch_prob_std": 0.01,
+                            "rollout/repeat_fraction": 0.3,
+                            "rollout/teacher_ppl": 10.0,
+                        }
+                    )
+                    + "\n"
+                )
     paths = plot_training([tmp_path / "eta0.02", tmp_path / "eta0.04"], tmp_path / "fig")
-    assert [p.name for p in paths] == ["training_curves.png", "training_losses.png", "switch_prob.png",
-                                       "repeat_ppl.png"]
+    assert [p.name for p in paths] == [
+        "training_curves.png",
+        "training_losses.png",
+        "switch_prob.png",
+        "repeat_ppl.png",
+    ]
     assert all(p.stat().st_size > 1000 for p in paths)

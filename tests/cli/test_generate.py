@@ -16,8 +16,9 @@ SRC = str(Path(__file__).parents[2] / "src")
 
 def _temoe(*args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "temoe.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "temoe.cli.main", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -25,15 +26,41 @@ def _temoe(*args):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train(load_config(None, dict(model="testing:gpt_oss", k_hat=4, prompts_per_step=2, max_new_tokens=4,
-                                 controller_hidden=16, expert_embed_dim=8, lora_rank=2, lora_alpha=2,
-                                 progress=False, steps=1, out_dir=str(out))))
+    train(
+        load_config(
+            None,
+            dict(
+                model="testing:gpt_oss",
+                k_hat=4,
+                prompts_per_step=2,
+                max_new_tokens=4,
+                controller_hidden=16,
+                expert_embed_dim=8,
+                lora_rank=2,
+                lora_alpha=2,
+                progress=False,
+                cpu_threads=1,
+                steps=1,
+                out_dir=str(out),
+            ),
+        )
+    )
     return out
 
 
 def test_generate_with_checkpoint_prints_text_and_switch_rate(run_dir):
-    proc = _temoe("generate", "--model", "testing:gpt_oss", "--checkpoint", str(run_dir), "--prompt", "hello",
-                  "--max-new-tokens", "12", "--json")
+    proc = _temoe(
+        "generate",
+        "--model",
+        "testing:gpt_oss",
+        "--checkpoint",
+        str(run_dir),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    )
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(record["text"], str)
     assert record["num_tokens"] >= 1
@@ -41,15 +68,36 @@ def test_generate_with_checkpoint_prints_text_and_switch_rate(run_dir):
 
 
 def test_generate_base_model_reports_router_switch_rate():
-    proc = _temoe("generate", "--model", "testing:gpt_oss", "--prompt", "abc", "--max-new-tokens", "10",
-                  "--temperature", "0", "--json")
+    proc = _temoe(
+        "generate",
+        "--model",
+        "testing:gpt_oss",
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "10",
+        "--temperature",
+        "0",
+        "--json",
+    )
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     if record["num_tokens"] >= 2:
         assert 0.0 <= record["switch_rate"] <= 1.0
 
 
 def test_generate_with_offload_adds_stats(run_dir):
-    proc = _temoe("generate", "--model", "testing:gpt_oss", "--checkpoint", str(run_dir), "--prompt", "hi",
-                  "--max-new-tokens", "6", "--offload", "--json")
+    proc = _temoe(
+        "generate",
+        "--model",
+        "testing:gpt_oss",
+        "--checkpoint",
+        str(run_dir),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "6",
+        "--offload",
+        "--json",
+    )
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "stats" in record and isinstance(record["text"], str)

@@ -9,7 +9,7 @@ from temoe.rollout.sampling import mixed_sample, nucleus
 
 def test_nucleus_keeps_smallest_set_reaching_top_p():
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    # mass before each sorted entry: 0, .5, .8, .95 -> keep the first three at top_p = 0.9; renormalise by 0.95
+    # mass before each sorted entry: 0, .5, .8, .95 -> keep three at top_p = 0.9; renormalise by 0.95
     q = nucleus(p, 0.9)
     torch.testing.assert_close(q, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
     # top_p small keeps only the argmax
@@ -22,7 +22,8 @@ def test_mixed_sample_weights_and_logprobs_by_hand():
     neg = -1e4
     s = torch.tensor([[0.0, 0.0, neg, neg]])
     t = torch.tensor([[neg, neg, 0.0, 0.0]])
-    # p_mix = 0.8*(.5,.5,0,0) + 0.2*(0,0,.5,.5) = (.4,.4,.1,.1); top_p = 0.95: mass before = 0,.4,.8,.9 -> all kept
+    # p_mix = 0.8*(.5,.5,0,0) + 0.2*(0,0,.5,.5) = (.4,.4,.1,.1)
+    # top_p = 0.95: mass before = 0,.4,.8,.9 -> all kept
     counts = torch.zeros(4)
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
@@ -34,8 +35,9 @@ def test_mixed_sample_weights_and_logprobs_by_hand():
         torch.testing.assert_close(out.weight[student_side], torch.full_like(out.weight[student_side], 1.25))
         assert torch.all(out.weight[~student_side] < 1e-6)
         torch.testing.assert_close(out.logp_sampled, torch.where(student_side, math.log(0.4), math.log(0.1)))
-        torch.testing.assert_close(out.logp_student[student_side],
-                                   torch.full_like(out.logp_student[student_side], math.log(0.5)))
+        torch.testing.assert_close(
+            out.logp_student[student_side], torch.full_like(out.logp_student[student_side], math.log(0.5))
+        )
         assert out.logp_student.dtype == torch.float32
     freq = counts / counts.sum()
     torch.testing.assert_close(freq, torch.tensor([0.4, 0.4, 0.1, 0.1]), atol=0.03, rtol=0)

@@ -1,4 +1,4 @@
-"""Run by `accelerate launch` in test_distributed.py: train two steps, then write this process's parameters."""
+"""Run by `accelerate launch` in test_distributed.py: train two steps, write this process's parameters."""
 
 import os
 import sys
@@ -11,12 +11,29 @@ from temoe.train.config import load_config
 from temoe.train.trainer import train
 
 out = Path(sys.argv[1])
-config = load_config(None, dict(model="testing:gpt_oss", k_hat=4, prompts_per_step=4, max_new_tokens=5,
-                                controller_hidden=16, expert_embed_dim=8, lora_rank=2, lora_alpha=2,
-                                progress=False, steps=2, checkpoint_every=0, out_dir=str(out)))
+config = load_config(
+    None,
+    dict(
+        model="testing:gpt_oss",
+        k_hat=4,
+        prompts_per_step=4,
+        max_new_tokens=5,
+        controller_hidden=16,
+        expert_embed_dim=8,
+        lora_rank=2,
+        lora_alpha=2,
+        progress=False,
+        cpu_threads=1,
+        steps=2,
+        checkpoint_every=0,
+        out_dir=str(out),
+    ),
+)
 result = train(config)
 rank = int(os.environ.get("RANK", "0"))  # the process group is closed after train()
 params = {f"controller.{n}": p.detach().clone() for n, p in result.controller.named_parameters()}
-params.update({f"model.{n}": p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad})
+params.update(
+    {f"model.{n}": p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
+)
 save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"params_rank{rank}.safetensors"))
 torch.save(result.metrics, out / f"metrics_rank{rank}.pt")

@@ -12,10 +12,27 @@ from temoe.train.trainer import train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    result = train(load_config(None, dict(model="testing:gpt_oss", k_hat=4, prompts_per_step=2, max_new_tokens=4,
-                                          controller_hidden=16, expert_embed_dim=8, lora_rank=2, lora_alpha=2,
-                                          progress=False, steps=2, checkpoint_every=1, keep_checkpoints=1,
-                                          out_dir=str(out))))
+    result = train(
+        load_config(
+            None,
+            dict(
+                model="testing:gpt_oss",
+                k_hat=4,
+                prompts_per_step=2,
+                max_new_tokens=4,
+                controller_hidden=16,
+                expert_embed_dim=8,
+                lora_rank=2,
+                lora_alpha=2,
+                progress=False,
+                cpu_threads=1,
+                steps=2,
+                checkpoint_every=1,
+                keep_checkpoints=1,
+                out_dir=str(out),
+            ),
+        )
+    )
     return out, result
 
 
@@ -25,8 +42,14 @@ def test_layout_latest_and_no_partial_directories(trained):
     assert ckpt.name == "step_000002"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_000002"]  # keep=1
     names = {p.name for p in ckpt.iterdir()}
-    assert {"meta.json", "controller.safetensors", "routers.safetensors", "adapter", "optimizers.pt",
-            "rng_rank0.pt"} <= names
+    assert {
+        "meta.json",
+        "controller.safetensors",
+        "routers.safetensors",
+        "adapter",
+        "optimizers.pt",
+        "rng_rank0.pt",
+    } <= names
     meta = read_meta(ckpt)
     assert meta["step"] == 2 and meta["model"]["num_experts"] == 8 and meta["controller_config"]["k_hat"] == 4
 

@@ -15,11 +15,31 @@ def test_two_process_accelerate_launch_keeps_replicas_in_sync(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     # accelerate's --cpu path needs MPI for several processes; --multi_gpu with ACCELERATE_USE_CPU=1 runs
     # torchrun with the gloo backend on CPU (DistributedType.MULTI_CPU).
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29517", str(worker), str(tmp_path)]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        str(worker),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a = load_file(str(tmp_path / "params_rank0.safetensors"))

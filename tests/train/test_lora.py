@@ -1,4 +1,4 @@
-"""LoRA setup: adapters on experts + attention, trainable routers, and a teacher equal to the original model."""
+"""LoRA setup: adapters on experts + attention, trainable routers, a teacher equal to the original model."""
 
 import torch
 

@@ -10,8 +10,19 @@ from temoe.train.config import load_config
 from temoe.train.logging import read_metrics
 from temoe.train.trainer import train
 
-TINY = dict(model="testing:gpt_oss", k_hat=4, prompts_per_step=2, max_new_tokens=6, controller_hidden=16,
-            expert_embed_dim=8, lora_rank=2, lora_alpha=2, progress=False, seed=3)
+TINY = dict(
+    model="testing:gpt_oss",
+    k_hat=4,
+    prompts_per_step=2,
+    max_new_tokens=6,
+    controller_hidden=16,
+    expert_embed_dim=8,
+    lora_rank=2,
+    lora_alpha=2,
+    progress=False,
+    seed=3,
+    cpu_threads=1,
+)
 
 
 def _config(tmp_path, **kw):
@@ -42,12 +53,24 @@ def test_two_steps_change_controller_lora_and_routers_not_base_weights(tmp_path)
     assert frozen == len(ref) - 2 * 2  # every non-router base parameter was checked (2 layers x weight, bias)
     lines = read_metrics(tmp_path / "run")
     assert [r["step"] for r in lines] == [1, 2]
-    for key in ("rollout/switch_rate", "rollout/reward", "rollout/switch_prob_p95", "rollout/switch_prob_std",
-                "loss/value", "loss/termination", "loss/selection", "loss/policy", "rollout/repeat_fraction",
-                "rollout/teacher_ppl", "perf/tokens_per_s"):
+    for key in (
+        "rollout/switch_rate",
+        "rollout/reward",
+        "rollout/switch_prob_p95",
+        "rollout/switch_prob_std",
+        "loss/value",
+        "loss/termination",
+        "loss/selection",
+        "loss/policy",
+        "rollout/repeat_fraction",
+        "rollout/teacher_ppl",
+        "perf/tokens_per_s",
+    ):
         assert key in lines[0]
     assert (tmp_path / "run" / "config.yaml").is_file()
-    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (
+        tmp_path / "run" / "checkpoints" / "step_000002" / "adapter" / "adapter_model.safetensors"
+    ).is_file()
 
 
 def _comparable(record):

@@ -15,20 +15,36 @@ import yaml
 
 #: (file stem, figure title, [(metric key, panel title)]): Fig. 5, A1, A2, A3.
 FIGURES = (
-    ("training_curves", "Training dynamics (Fig. 5)",
-     [("rollout/reward", "Reward (neg. KL per token)"), ("rollout/switch_rate", "Switch rate")]),
-    ("training_losses", "Losses (Fig. A1)",
-     [("loss/value", "Value loss"), ("loss/controller_policy", "Controller policy loss (termination + selection)"),
-      ("loss/policy", "Intra-option policy loss")]),
-    ("switch_prob", "Switch probability (Fig. A2)",
-     [("rollout/switch_prob_p95", "Switch prob p95"), ("rollout/switch_prob_std", "Switch prob std")]),
-    ("repeat_ppl", "Repetition and teacher perplexity (Fig. A3)",
-     [("rollout/repeat_fraction", "Repeat fraction"), ("rollout/teacher_ppl", "Teacher PPL (mean)")]),
+    (
+        "training_curves",
+        "Training dynamics (Fig. 5)",
+        [("rollout/reward", "Reward (neg. KL per token)"), ("rollout/switch_rate", "Switch rate")],
+    ),
+    (
+        "training_losses",
+        "Losses (Fig. A1)",
+        [
+            ("loss/value", "Value loss"),
+            ("loss/controller_policy", "Controller policy loss (termination + selection)"),
+            ("loss/policy", "Intra-option policy loss"),
+        ],
+    ),
+    (
+        "switch_prob",
+        "Switch probability (Fig. A2)",
+        [("rollout/switch_prob_p95", "Switch prob p95"), ("rollout/switch_prob_std", "Switch prob std")],
+    ),
+    (
+        "repeat_ppl",
+        "Repetition and teacher perplexity (Fig. A3)",
+        [("rollout/repeat_fraction", "Repeat fraction"), ("rollout/teacher_ppl", "Teacher PPL (mean)")],
+    ),
 )
 
 
-def running_mean_band(values: np.ndarray, window: int = 20, resamples: int = 1000,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def running_mean_band(
+    values: np.ndarray, window: int = 20, resamples: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Trailing running mean over `window` steps and its bootstrap 95% band. values (S,) -> 3 × (S,).
 
     NaN values are ignored; a window with no finite value gives NaN.
@@ -36,7 +52,7 @@ def running_mean_band(values: np.ndarray, window: int = 20, resamples: int = 100
     rng = np.random.default_rng(seed)
     mean, lo, hi = (np.full(len(values), np.nan) for _ in range(3))
     for s in range(len(values)):
-        w = values[max(0, s - window + 1): s + 1]
+        w = values[max(0, s - window + 1) : s + 1]
         w = w[np.isfinite(w)]
         if len(w) == 0:
             continue
@@ -54,8 +70,9 @@ def _label(run_dir: Path) -> str:
     return run_dir.name
 
 
-def plot_training(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path,
-                  window: int = 20) -> list[Path]:
+def plot_training(
+    run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, window: int = 20
+) -> list[Path]:
     """Write the four figures as PNG into `out_dir` for one or several run directories; returns the paths."""
     import matplotlib
 
@@ -79,8 +96,9 @@ def plot_training(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Pa
         for ax, (key, panel_title) in zip(axes[0], panels):
             for c, (label, records) in enumerate(runs):
                 steps = np.array([r["step"] for r in records], dtype=float)
-                vals = np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records],
-                                dtype=float)
+                vals = np.array(
+                    [r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], dtype=float
+                )
                 colour = colours[c % len(colours)]
                 mean, lo, hi = running_mean_band(vals, window)
                 ax.plot(steps, vals, color=colour, alpha=0.25, linewidth=0.8)

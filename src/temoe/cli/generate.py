@@ -17,8 +17,12 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.5, help="token temperature, 0 = greedy (§5: 0.5)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus (§5: 0.95)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--controller-mode", choices=("sample", "greedy"), default="sample",
-                   help="sample d_t and options (the trained stochastic policy) or act greedily")
+    p.add_argument(
+        "--controller-mode",
+        choices=("sample", "greedy"),
+        default="sample",
+        help="sample d_t and options (the trained stochastic policy) or act greedily",
+    )
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt text")
     p.add_argument("--offload", action="store_true", help="run through the expert-offloading engine")
     p.add_argument("--expert-budget", type=int, help="resident experts per layer with --offload (default k̂)")
@@ -51,24 +55,43 @@ def run(args) -> int:
         handle = temoe.wrap(model)
     record: dict = {}
     if args.offload:
-        from temoe.serve import generate_offloaded
-
         import torch
+
+        from temoe.serve import generate_offloaded
 
         generator = torch.Generator().manual_seed(args.seed)
         if controller is not None:
             mode = "option"  # resident set = the current option
         else:
             mode = "lru" if args.expert_budget else "full"  # base router: LRU cache of routed experts
-        text, stats = generate_offloaded(model, tokenizer, args.prompt, args.max_new_tokens, controller=controller,
-                                         expert_budget=args.expert_budget, mode=mode,
-                                         temperature=args.temperature, top_p=args.top_p, handle=handle,
-                                         generator=generator)
+        text, stats = generate_offloaded(
+            model,
+            tokenizer,
+            args.prompt,
+            args.max_new_tokens,
+            controller=controller,
+            expert_budget=args.expert_budget,
+            mode=mode,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            handle=handle,
+            generator=generator,
+        )
         record = {"text": text, "switch_rate": stats.get("serve/switch_rate", float("nan")), "stats": stats}
     else:
-        gen = generate_text(model, tokenizer, handle, args.prompt, args.max_new_tokens, controller=controller,
-                            controller_mode=args.controller_mode, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, chat_template=not args.no_chat_template)
+        gen = generate_text(
+            model,
+            tokenizer,
+            handle,
+            args.prompt,
+            args.max_new_tokens,
+            controller=controller,
+            controller_mode=args.controller_mode,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            chat_template=not args.no_chat_template,
+        )
         record = {"text": gen.text, "switch_rate": gen.switch_rate, "num_tokens": gen.num_tokens}
     record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
     if args.json:

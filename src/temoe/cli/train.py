@@ -9,13 +9,23 @@ from __future__ import annotations
 import argparse
 
 #: flag -> config key
-_SHORTHANDS = {"model": "model", "k_hat": "k_hat", "eta": "eta", "steps": "steps", "out": "out_dir",
-               "seed": "seed"}
+_SHORTHANDS = {
+    "model": "model",
+    "k_hat": "k_hat",
+    "eta": "eta",
+    "steps": "steps",
+    "out": "out_dir",
+    "seed": "seed",
+}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train option controllers + LoRA (paper Alg. 2)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train option controllers + LoRA (paper Alg. 2)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
     p.add_argument("--k-hat", type=int, help="allowed experts per option k̂ [k_hat]")
     p.add_argument("--eta", type=float, help="deliberation cost η [eta]")
@@ -32,7 +42,9 @@ def run(args) -> int:
     from temoe.train.config import load_config, parse_overrides
     from temoe.train.trainer import train
 
-    overrides = {key: getattr(args, flag) for flag, key in _SHORTHANDS.items() if getattr(args, flag) is not None}
+    overrides = {
+        key: getattr(args, flag) for flag, key in _SHORTHANDS.items() if getattr(args, flag) is not None
+    }
     overrides.update(parse_overrides(args.overrides))
     # The process count is checked inside train(), once accelerate's state exists (creating a PartialState
     # here would fix the distributed type before the Accelerator reads ACCELERATE_USE_CPU).
@@ -40,6 +52,8 @@ def run(args) -> int:
     result = train(config, resume=args.resume)
     if result.metrics:
         last = result.metrics[-1]
-        print(f"step {last['step']}: reward {last['rollout/reward']:.4f}, switch rate "
-              f"{last['rollout/switch_rate']:.4f}; run dir {result.run_dir}")
+        print(
+            f"step {last['step']}: reward {last['rollout/reward']:.4f}, switch rate "
+            f"{last['rollout/switch_rate']:.4f}; run dir {result.run_dir}"
+        )
     return 0

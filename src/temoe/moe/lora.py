@@ -19,8 +19,16 @@ from torch import nn
 from temoe.moe.arch import ARCHITECTURES
 
 
-def add_lora(model: nn.Module, handle, rank: int = 16, alpha: float = 16.0, *, attention: bool = True,
-             attention_modules: Sequence[str] | None = None, train_routers: bool = True) -> PeftModel:
+def add_lora(
+    model: nn.Module,
+    handle,
+    rank: int = 16,
+    alpha: float = 16.0,
+    *,
+    attention: bool = True,
+    attention_modules: Sequence[str] | None = None,
+    train_routers: bool = True,
+) -> PeftModel:
     """Wrap `model` in a `PeftModel` with LoRA on experts (+ attention) and trainable routers.
 
     `handle` is the `temoe.wrap(model)` handle (its routers stay the same modules: peft does not touch them,
@@ -35,10 +43,18 @@ def add_lora(model: nn.Module, handle, rank: int = 16, alpha: float = 16.0, *, a
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = sorted(wanted & present)
         if not targets:
-            raise ValueError(f"none of the attention modules {sorted(wanted)} exist in this "
-                             f"{model.config.model_type} model")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                        target_modules=targets or None, target_parameters=list(spec.expert_parameters))
+            raise ValueError(
+                f"none of the attention modules {sorted(wanted)} exist in this "
+                f"{model.config.model_type} model"
+            )
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=targets or None,
+        target_parameters=list(spec.expert_parameters),
+    )
     peft_model = get_peft_model(model, config)
     for router in handle.routers:
         for p in router.parameters():
@@ -72,8 +88,9 @@ def swap_routers(handle, weights: list[dict[str, torch.Tensor]]) -> Iterator[Non
 
 
 @contextmanager
-def teacher_mode(peft_model: PeftModel, handle, original_routers: list[dict[str, torch.Tensor]]
-                 ) -> Iterator[None]:
+def teacher_mode(
+    peft_model: PeftModel, handle, original_routers: list[dict[str, torch.Tensor]]
+) -> Iterator[None]:
     """The frozen teacher inside the student's weights: adapters off and the original router weights.
 
     Use under `torch.no_grad()` and without `handle.restrict(...)` (the teacher routes unmasked).

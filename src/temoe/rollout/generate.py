@@ -25,7 +25,7 @@ from temoe.rollout.sampling import mixed_sample
 
 @dataclass
 class RolloutBatch:
-    """B rollouts. Per-token tensors are (B, T) float32 unless stated; entries where `valid` is False are 0."""
+    """B rollouts. Per-token tensors are (B, T) float32 unless stated; 0 where `valid` is False."""
 
     prompt_ids: Tensor
     """(B, P) long, left-padded."""
@@ -61,34 +61,60 @@ class RolloutBatch:
 
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:
-    """(B, S) attention mask -> (B, S) positions counting only real tokens (left padding -> 0), as HF generate."""
+    """(B, S) attention mask -> (B, S) positions of real tokens (left padding -> 0), as HF generate does."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
-def rollout(model, handle, controller: OptionController, teacher: Callable[[], AbstractContextManager],
-            prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, tau: float, temperature: float,
-            top_p: float, eos_token_ids: Sequence[int], pad_token_id: int,
-            generator: torch.Generator | None, controller_generator: torch.Generator | None = None,
-            controller_mode: str = "sample") -> RolloutBatch:
+def rollout(
+    model,
+    handle,
+    controller: OptionController,
+    teacher: Callable[[], AbstractContextManager],
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    tau: float,
+    temperature: float,
+    top_p: float,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    generator: torch.Generator | None,
+    controller_generator: torch.Generator | None = None,
+    controller_mode: str = "sample",
+    early_stop: bool = True,
+) -> RolloutBatch:
     """Generate up to `max_new_tokens` tokens for each left-padded prompt with the controller online.
 
     model: the student (a PeftModel from `temoe.moe.lora.add_lora`, possibly DDP-wrapped); handle: its
     `temoe.wrap` handle; teacher: a context-manager factory that turns the same weights into the teacher,
     e.g. `lambda: teacher_mode(peft_model, handle, original_routers)`.
     generator drives token sampling, controller_generator (default: the same) the controller's draws.
+    early_stop=False always runs max_new_tokens steps (sharded models: every process must make the same
+    number of forward calls).
     """
     B = prompt_ids.shape[0]
     device = prompt_ids.device
     prompt_mask = prompt_mask.bool()
     eos = torch.tensor(list(eos_token_ids), device=device)
-    state = controller.new_state(B, controller_generator if controller_generator is not None else generator,
-                                 mode=controller_mode, record_hidden=True)
+    state = controller.new_state(
+        B,
+        controller_generator if controller_generator is not None else generator,
+        mode=controller_mode,
+        record_hidden=True,
+    )
     mask_fn = controller.mask_fn(state)
 
     def forward(ids: Tensor, attn: Tensor, positions: Tensor, cache, student: bool):
-        kwargs = dict(input_ids=ids, attention_mask=attn.long(), position_ids=positions, past_key_values=cache,
-                      use_cache=True, logits_to_keep=1)
+        kwargs = dict(
+            input_ids=ids,
+            attention_mask=attn.long(),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         if student:
             with handle.restrict(mask_fn):
                 return model(**kwargs)
@@ -113,17 +139,27 @@ def rollout(model, handle, controller: OptionController, teacher: Callable[[], A
             out_t = forward(ids, attn, next_pos, cache_t, student=False)
             cache_s, cache_t = out_s.past_key_values, out_t.past_key_values
             next_pos = next_pos + 1
-        sample = mixed_sample(out_s.logits[:, -1], out_t.logits[:, -1], tau=tau, temperature=temperature,
-                              top_p=top_p, generator=generator)
+        sample = mixed_sample(
+            out_s.logits[:, -1],
+            out_t.logits[:, -1],
+            tau=tau,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+        )
         valid = ~done
         zero = torch.zeros((), device=device)
         cols["tokens"].append(torch.where(valid, sample.tokens, torch.full_like(sample.tokens, pad_token_id)))
         cols["valid"].append(valid)
-        for key, value in (("ls", sample.logp_student), ("lt", sample.logp_teacher),
-                           ("lq", sample.logp_sampled), ("w", sample.weight)):
+        for key, value in (
+            ("ls", sample.logp_student),
+            ("lt", sample.logp_teacher),
+            ("lq", sample.logp_sampled),
+            ("w", sample.weight),
+        ):
             cols[key].append(torch.where(valid, value, zero))
         done = done | (valid & torch.isin(sample.tokens, eos))
-        if bool(done.all()):
+        if early_stop and bool(done.all()):
             break
         state.mark_done(done)  # positions after a row's EOS are not decision points
 
@@ -133,7 +169,15 @@ def rollout(model, handle, controller: OptionController, teacher: Callable[[], A
         attn = torch.cat([attn, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
         forward(cols["tokens"][-1][:, None], attn, next_pos, cache_s, student=True)
     stack = {k: torch.stack(v, dim=1) for k, v in cols.items()}
-    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=stack["tokens"],
-                        valid=stack["valid"], terminated=done, logp_student=stack["ls"],
-                        logp_teacher=stack["lt"], logp_sampled=stack["lq"], weights=stack["w"],
-                        trajectory=state.trajectory())
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        tokens=stack["tokens"],
+        valid=stack["valid"],
+        terminated=done,
+        logp_student=stack["ls"],
+        logp_teacher=stack["lt"],
+        logp_sampled=stack["lq"],
+        weights=stack["w"],
+        trajectory=state.trajectory(),
+    )

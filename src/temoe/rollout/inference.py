@@ -36,10 +36,21 @@ def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generato
 
 
 @torch.no_grad()
-def generate_text(model, tokenizer, handle, prompt: str, max_new_tokens: int, *,
-                  controller: OptionController | None = None, controller_mode: str = "sample",
-                  temperature: float = 0.5, top_p: float = 0.95, seed: int = 42, chat_template: bool = True,
-                  k_hat: int | None = None) -> Generation:
+def generate_text(
+    model,
+    tokenizer,
+    handle,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    controller: OptionController | None = None,
+    controller_mode: str = "sample",
+    temperature: float = 0.5,
+    top_p: float = 0.95,
+    seed: int = 42,
+    chat_template: bool = True,
+    k_hat: int | None = None,
+) -> Generation:
     """Generate from `prompt` with the controller deciding online per token and layer (or the plain router).
 
     Defaults follow the paper's evaluation (§5: temperature 0.5, top-p 0.95, seed 42).
@@ -70,8 +81,12 @@ def generate_text(model, tokenizer, handle, prompt: str, max_new_tokens: int, *,
         for t in range(max_new_tokens):
             if t > 0:
                 with restrict():
-                    out = model(input_ids=torch.tensor([[out_ids[-1]]], device=device), past_key_values=cache,
-                                use_cache=True, logits_to_keep=1)
+                    out = model(
+                        input_ids=torch.tensor([[out_ids[-1]]], device=device),
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                 cache = out.past_key_values
             token = int(_next_token(out.logits[:, -1], temperature, top_p, generator))
             out_ids.append(token)

@@ -1,13 +1,13 @@
-"""Teacher-mixed token sampling: p_mix = (1 − τ) p_student + τ p_teacher, nucleus on p_mix (§4, Alg. 2 l. 10–13).
+"""Teacher-mixed sampling: p_mix = (1 − τ) p_student + τ p_teacher, nucleus on p_mix (§4, Alg. 2 l. 10–13).
 
-How top-p combines with the mixture (the paper states both, the authors' code applied no top-p): the two
-distributions are tempered and mixed first, the nucleus is taken on the *mixture* (smallest set of tokens whose
-p_mix mass reaches top_p, always at least the most likely token), and the truncated mixture is renormalised to
-q. The token is drawn from q, so the importance weight of the distribution actually sampled from is
-w_t = p_student(a_t) / q(a_t) = Z · p_student(a_t) / p_mix(a_t), with Z ≤ 1 the kept mass, so
-w_t ≤ Z / (1 − τ) ≤ 1 / (1 − τ) (1.25 at τ = 0.2). With τ = 0 and top_p = 1, w_t = 1. The reward uses the untruncated
-student and teacher log-probs at temperature 1 (r_t = log p_teacher(a_t) − log p_student(a_t), Alg. 2 l. 13),
-so −r_t stays an estimate of the per-token reverse KL.
+How top-p combines with the mixture (the paper states both; the authors' code applied no top-p): the two
+distributions are tempered and mixed first, the nucleus is taken on the *mixture* (the smallest set of tokens
+whose p_mix mass reaches top_p, always at least the most likely token), and the truncated mixture is
+renormalised to q. The token is drawn from q, so the importance weight of the distribution actually sampled
+from is w_t = p_student(a_t) / q(a_t) = Z · p_student(a_t) / p_mix(a_t), with Z ≤ 1 the kept mass, so
+w_t ≤ Z / (1 − τ) ≤ 1 / (1 − τ) (1.25 at τ = 0.2). With τ = 0 and top_p = 1, w_t = 1. The reward uses the
+untruncated student and teacher log-probs at temperature 1 (r_t = log p_teacher(a_t) − log p_student(a_t),
+Alg. 2 l. 13), so −r_t stays an estimate of the per-token reverse KL.
 """
 
 from __future__ import annotations
@@ -50,8 +50,15 @@ def nucleus(probs: Tensor, top_p: float) -> Tensor:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def mixed_sample(student_logits: Tensor, teacher_logits: Tensor, *, tau: float, temperature: float = 1.0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None) -> MixedSample:
+def mixed_sample(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    tau: float,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> MixedSample:
     """Draw a_t ~ nucleus_top_p((1 − τ) softmax(s / temp) + τ softmax(t / temp)).
 
     student_logits, teacher_logits: (B, V) next-token logits (any dtype; the arithmetic is float32).
@@ -67,5 +74,10 @@ def mixed_sample(student_logits: Tensor, teacher_logits: Tensor, *, tau: float, 
     logp_teacher = torch.log_softmax(t, dim=-1).gather(-1, pick).squeeze(-1)
     q_a = q.gather(-1, pick).squeeze(-1)
     weight = p_student_temp.gather(-1, pick).squeeze(-1) / q_a
-    return MixedSample(tokens=tokens, logp_student=logp_student, logp_teacher=logp_teacher,
-                       logp_sampled=q_a.log(), weight=weight)
+    return MixedSample(
+        tokens=tokens,
+        logp_student=logp_student,
+        logp_teacher=logp_teacher,
+        logp_sampled=q_a.log(),
+        weight=weight,
+    )

@@ -31,22 +31,33 @@ META = "meta.json"
 
 def model_facts(handle) -> dict[str, Any]:
     """The shape facts a checkpoint must match: model_type, L, N, k, H."""
-    return {"model_type": handle.model_type, "num_layers": handle.num_layers, "num_experts": handle.num_experts,
-            "top_k": handle.top_k, "hidden_size": handle.hidden_size}
+    return {
+        "model_type": handle.model_type,
+        "num_layers": handle.num_layers,
+        "num_experts": handle.num_experts,
+        "top_k": handle.top_k,
+        "hidden_size": handle.hidden_size,
+    }
 
 
 def check_compatible(meta: dict[str, Any], handle, where: Path) -> None:
     """Raise ValueError naming every model fact that differs between the checkpoint and `handle`."""
     have = model_facts(handle)
-    diffs = [f"{k}: checkpoint {meta['model'][k]!r} vs model {have[k]!r}"
-             for k in have if meta["model"].get(k) != have[k]]
+    diffs = [
+        f"{k}: checkpoint {meta['model'][k]!r} vs model {have[k]!r}"
+        for k in have
+        if meta["model"].get(k) != have[k]
+    ]
     if diffs:
         raise ValueError(f"checkpoint {where} was trained on a different model; " + "; ".join(diffs))
 
 
 def _router_state(handle) -> dict[str, torch.Tensor]:
-    return {f"layer{i}.{n}": p.detach().cpu().contiguous()
-            for i, r in enumerate(handle.routers) for n, p in r.named_parameters()}
+    return {
+        f"layer{i}.{n}": p.detach().cpu().contiguous()
+        for i, r in enumerate(handle.routers)
+        for n, p in r.named_parameters()
+    }
 
 
 def _load_routers(handle, path: Path) -> None:
@@ -58,9 +69,13 @@ def _load_routers(handle, path: Path) -> None:
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "generators": {k: g.get_state() for k, g in generators.items()}}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
 
 
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
@@ -73,9 +88,20 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
         g.set_state(state["generators"][k])
 
 
-def save_checkpoint(run_dir: Path, step: int, *, peft_model, handle, controller: nn.Module,
-                    optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
-                    train_config, controller_config, accelerator, keep: int = 0) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    peft_model,
+    handle,
+    controller: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    train_config,
+    controller_config,
+    accelerator,
+    keep: int = 0,
+) -> Path:
     """Write `run_dir/checkpoints/step_{step:06d}` atomically (all processes must call this)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:06d}"
@@ -87,11 +113,18 @@ def save_checkpoint(run_dir: Path, step: int, *, peft_model, handle, controller:
     # Every rank writes its own RNG state (sampling differs per process); the rest comes from rank 0.
     torch.save(rng_state(generators), tmp / f"rng_rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        meta = {"step": step, "model": model_facts(handle), "controller_config": asdict(controller_config),
-                "train_config": train_config.to_dict(), "num_processes": accelerator.num_processes}
+        meta = {
+            "step": step,
+            "model": model_facts(handle),
+            "controller_config": asdict(controller_config),
+            "train_config": train_config.to_dict(),
+            "num_processes": accelerator.num_processes,
+        }
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()},
-                  str(tmp / "controller.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()},
+            str(tmp / "controller.safetensors"),
+        )
         save_file(_router_state(handle), str(tmp / "routers.safetensors"))
         peft_model.save_pretrained(str(tmp / "adapter"))
         torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizers.pt")
@@ -131,9 +164,16 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     return json.loads((Path(ckpt) / META).read_text())
 
 
-def load_training_state(ckpt: Path, *, peft_model, handle, controller: nn.Module,
-                        optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
-                        process_index: int) -> int:
+def load_training_state(
+    ckpt: Path,
+    *,
+    peft_model,
+    handle,
+    controller: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    process_index: int,
+) -> int:
     """Restore everything `save_checkpoint` wrote into a live training setup; returns the saved step."""
     from peft import set_peft_model_state_dict
 
@@ -150,8 +190,10 @@ def load_training_state(ckpt: Path, *, peft_model, handle, controller: nn.Module
         o.load_state_dict(states[k])
     rng_file = ckpt / f"rng_rank{process_index}.pt"
     if not rng_file.exists():
-        raise ValueError(f"checkpoint {ckpt} has no RNG state for process {process_index}: it was written by "
-                         f"{meta['num_processes']} process(es); resume with the same number")
+        raise ValueError(
+            f"checkpoint {ckpt} has no RNG state for process {process_index}: it was written by "
+            f"{meta['num_processes']} process(es); resume with the same number"
+        )
     set_rng_state(torch.load(rng_file, weights_only=False), generators)
     return int(meta["step"])
 
@@ -159,8 +201,9 @@ def load_training_state(ckpt: Path, *, peft_model, handle, controller: nn.Module
 def load_for_inference(model: nn.Module, checkpoint: str | Path):
     """Base model + checkpoint -> `(model, handle, controller)` for generate / eval / serve.
 
-    The LoRA adapter is merged into the weights (`merge_and_unload`), the trained router weights are copied in,
-    the model is wrapped with `temoe.wrap` and the controller is rebuilt from the saved ControllerConfig. Fails
+    The LoRA adapter is merged into the weights (`merge_and_unload`), the trained router weights are copied
+    in, the model is wrapped with `temoe.wrap` and the controller is rebuilt from the saved ControllerConfig.
+    Fails
     with a message naming what differs when the checkpoint belongs to another architecture or shape.
     """
     from peft import PeftModel
@@ -171,8 +214,10 @@ def load_for_inference(model: nn.Module, checkpoint: str | Path):
     ckpt = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt)
     if meta["model"]["model_type"] != model.config.model_type:
-        raise ValueError(f"checkpoint {ckpt} was trained on model_type {meta['model']['model_type']!r}, "
-                         f"got a {model.config.model_type!r} model")
+        raise ValueError(
+            f"checkpoint {ckpt} was trained on model_type {meta['model']['model_type']!r}, "
+            f"got a {model.config.model_type!r} model"
+        )
     probe = temoe.wrap(model)
     check_compatible(meta, probe, ckpt)
     probe.unwrap()

@@ -115,9 +115,12 @@ class TrainConfig:
     """Extra loggers: "tensorboard" and/or "wandb" (only if installed). metrics.jsonl is always written."""
     progress: bool = True
     """Show a progress bar on the main process."""
+    cpu_threads: int = 0
+    """torch intra-op threads per process (0 = torch's default); tiny models on a busy CPU prefer 1."""
 
     def validate(self, num_processes: int = 1) -> TrainConfig:
         """Fail early, naming the key, on values that cannot work together."""
+
         def bad(key: str, why: str) -> ValueError:
             return ValueError(f"config key {key}={getattr(self, key)!r}: {why}")
 
@@ -132,6 +135,8 @@ class TrainConfig:
         for key in ("gamma", "lam"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise bad(key, "must be in [0, 1]")
+        if self.cpu_threads < 0:
+            raise bad("cpu_threads", "must be >= 0")
         for key in ("steps", "prompts_per_step", "max_new_tokens", "max_prompt_tokens", "lora_rank"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
@@ -165,6 +170,7 @@ class TrainConfig:
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, or fail naming the key."""
+
     def fail() -> ValueError:
         return ValueError(f"config key {key}: cannot read {value!r} as {getattr(tp, '__name__', tp)}")
 
@@ -213,8 +219,11 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
-                num_processes: int = 1) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    num_processes: int = 1,
+) -> TrainConfig:
     """Defaults <- YAML file at `path` (a file path or `name` of a shipped `temoe/configs/NAME.yaml`)
     <- `overrides` (dict or `key=value` strings). Unknown keys fail listing the valid ones."""
     values: dict[str, Any] = {}

@@ -24,10 +24,11 @@ def resolve_prompts_path(spec: str) -> Path:
 
 
 def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
-    """Token ids of one prompt, as a user turn with the generation prompt when the tokenizer has a template."""
+    """Token ids of one prompt: a user turn plus the generation prompt if the tokenizer has a template."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some tokenizer versions
             ids = ids["input_ids"]
         return list(ids)
@@ -43,8 +44,17 @@ class PromptSource:
         self.prompts, self.per_step, self.seed, self.pad_token_id = prompts, per_step, seed, pad_token_id
 
     @classmethod
-    def from_jsonl(cls, spec: str, tokenizer, *, per_step: int, seed: int, max_prompt_tokens: int,
-                   chat_template: bool = True, pad_token_id: int) -> PromptSource:
+    def from_jsonl(
+        cls,
+        spec: str,
+        tokenizer,
+        *,
+        per_step: int,
+        seed: int,
+        max_prompt_tokens: int,
+        chat_template: bool = True,
+        pad_token_id: int,
+    ) -> PromptSource:
         encoded = []
         for line in resolve_prompts_path(spec).read_text().splitlines():
             if line.strip():
@@ -54,7 +64,7 @@ class PromptSource:
         return cls(encoded, per_step, seed, pad_token_id)
 
     def indices(self, step: int) -> list[int]:
-        """Global prompt indices of step `step` (0-based): epochs of seeded permutations, consumed in order."""
+        """Global prompt indices of step `step` (0-based): seeded permutations per epoch, in order."""
         n, out, start = len(self.prompts), [], step * self.per_step
         for pos in range(start, start + self.per_step):
             epoch, offset = divmod(pos, n)
@@ -66,11 +76,11 @@ class PromptSource:
         """(ids (B, P) long left-padded, mask (B, P) bool) for this process, B = per_step / world."""
         idx = self.indices(step)
         b = len(idx) // world
-        seqs = [self.prompts[i] for i in idx[rank * b:(rank + 1) * b]]
+        seqs = [self.prompts[i] for i in idx[rank * b : (rank + 1) * b]]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.bool)
         for r, s in enumerate(seqs):
-            ids[r, width - len(s):] = torch.tensor(s)
-            mask[r, width - len(s):] = True
+            ids[r, width - len(s) :] = torch.tensor(s)
+            mask[r, width - len(s) :] = True
         return ids, mask

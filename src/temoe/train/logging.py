@@ -25,8 +25,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 class MetricsLogger:
     """Append one record per step to metrics.jsonl; mirror to TensorBoard/W&B if asked and installed."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 progress: bool = True, report_to: tuple[str, ...] = (), config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
+        progress: bool = True,
+        report_to: tuple[str, ...] = (),
+        config: dict | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.bar = None
@@ -37,8 +46,11 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # On resume, drop records of steps after the checkpoint: they are about to be re-run (no repeats).
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         if "tensorboard" in report_to and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -58,7 +70,9 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(clean, allow_nan=True) + "\n")
         step = int(clean["step"])
-        scalars = {k: v for k, v in clean.items() if k != "step" and isinstance(v, float) and math.isfinite(v)}
+        scalars = {
+            k: v for k, v in clean.items() if k != "step" and isinstance(v, float) and math.isfinite(v)
+        }
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import Tensor, nn
 
 import temoe
@@ -100,8 +100,12 @@ def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
 
         dtype = dtype or torch.bfloat16
         log.info("dtype policy: MXFP4 checkpoint dequantised to %s (LoRA needs dense weights, §5)", dtype)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=Mxfp4Config(
-            dequantize=True), experts_implementation="grouped_mm")
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            quantization_config=Mxfp4Config(dequantize=True),
+            experts_implementation="grouped_mm",
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
     else:
         model, tokenizer = temoe.load_model(config.model, dtype=dtype)
@@ -109,29 +113,46 @@ def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
     eos = eos if eos is not None else tokenizer.eos_token_id
     eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    log.info("dtype policy: weights %s (config dtype=%s), mixed precision %s, RL arithmetic float32",
-             next(model.parameters()).dtype, config.dtype, accelerator.mixed_precision)
+    log.info(
+        "dtype policy: weights %s (config dtype=%s), mixed precision %s, RL arithmetic float32",
+        next(model.parameters()).dtype,
+        config.dtype,
+        accelerator.mixed_precision,
+    )
     return model, tokenizer, eos_ids, pad
 
 
-def load_prompts(config: TrainConfig, tokenizer, vocab_size: int, pad_id: int, eos_ids: list[int]) -> PromptSource:
+def load_prompts(
+    config: TrainConfig, tokenizer, vocab_size: int, pad_id: int, eos_ids: list[int]
+) -> PromptSource:
     if tokenizer is None:  # tiny test model: 64 seeded random prompts of 4..12 non-special tokens
         g = torch.Generator().manual_seed(config.seed)
         special = set(eos_ids) | {pad_id}
         ids = [t for t in range(vocab_size) if t not in special]
-        prompts = [[ids[int(i)] for i in torch.randint(len(ids), (int(n),), generator=g)]
-                   for n in torch.randint(4, 13, (64,), generator=g)]
+        prompts = [
+            [ids[int(i)] for i in torch.randint(len(ids), (int(n),), generator=g)]
+            for n in torch.randint(4, 13, (64,), generator=g)
+        ]
         return PromptSource(prompts, config.prompts_per_step, config.seed, pad_id)
-    return PromptSource.from_jsonl(config.prompts, tokenizer, per_step=config.prompts_per_step, seed=config.seed,
-                                   max_prompt_tokens=config.max_prompt_tokens, chat_template=config.chat_template,
-                                   pad_token_id=pad_id)
+    return PromptSource.from_jsonl(
+        config.prompts,
+        tokenizer,
+        per_step=config.prompts_per_step,
+        seed=config.seed,
+        max_prompt_tokens=config.max_prompt_tokens,
+        chat_template=config.chat_template,
+        pad_token_id=pad_id,
+    )
 
 
 def _check_resume(config: TrainConfig, ckpt: Path) -> None:
     saved = read_meta(ckpt)["train_config"]
     now = config.to_dict()
-    diffs = [f"{k}: saved {saved.get(k)!r} vs now {now[k]!r}" for k in now
-             if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    diffs = [
+        f"{k}: saved {saved.get(k)!r} vs now {now[k]!r}"
+        for k in now
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]
+    ]
     if diffs:
         raise ValueError(f"cannot resume {ckpt} with a different config: " + "; ".join(diffs))
 
@@ -154,11 +175,16 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
         toks = batch.tokens[b, :t_b]
         repeat.append(1.0 - toks.unique().numel() / max(t_b, 1))
     dec = traj.decision_mask  # (B, T')
-    return {"reward": reward, "teacher_ppl": teacher_ppl, "length": valid.sum(1).float(),
-            "switch_rate": torch.tensor(switch), "repeat_fraction": torch.tensor(repeat),
-            "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
-            "importance_weight": (batch.weights * valid).sum(1) / n,
-            "betas": traj.betas[dec].flatten()}
+    return {
+        "reward": reward,
+        "teacher_ppl": teacher_ppl,
+        "length": valid.sum(1).float(),
+        "switch_rate": torch.tensor(switch),
+        "repeat_fraction": torch.tensor(repeat),
+        "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
+        "importance_weight": (batch.weights * valid).sum(1) / n,
+        "betas": traj.betas[dec].flatten(),
+    }
 
 
 def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
@@ -184,33 +210,49 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     run_dir = Path(config.out_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(config.seed)  # same on every process: identical controller and LoRA initialisation
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
 
     # ---- model: student = base + LoRA + controller; teacher = same weights, adapters off, original routers
     model, tokenizer, eos_ids, pad_id = load_model_for_training(config, accelerator)
     model.to(accelerator.device)
     handle = temoe.wrap(model)
     if not handle.top_k <= config.k_hat <= handle.num_experts:
-        raise ValueError(f"config key k_hat={config.k_hat}: must satisfy top-k={handle.top_k} <= k_hat <= "
-                         f"N={handle.num_experts} for {config.model}")
+        raise ValueError(
+            f"config key k_hat={config.k_hat}: must satisfy top-k={handle.top_k} <= k_hat <= "
+            f"N={handle.num_experts} for {config.model}"
+        )
     original_routers = snapshot_routers(handle)  # the teacher's routing, frozen before any update
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ctrl_config = ControllerConfig(k_hat=config.k_hat, expert_embed_dim=config.expert_embed_dim,
-                                   hidden=config.controller_hidden,
-                                   termination_bias_init=config.termination_bias_init)
+    ctrl_config = ControllerConfig(
+        k_hat=config.k_hat,
+        expert_embed_dim=config.expert_embed_dim,
+        hidden=config.controller_hidden,
+        termination_bias_init=config.termination_bias_init,
+    )
     controller = OptionController.from_handle(handle, ctrl_config).to(accelerator.device)
-    peft_model = add_lora(model, handle, rank=config.lora_rank, alpha=config.lora_alpha,
-                          attention=config.lora_attention, train_routers=config.train_routers)
+    peft_model = add_lora(
+        model,
+        handle,
+        rank=config.lora_rank,
+        alpha=config.lora_alpha,
+        attention=config.lora_attention,
+        train_routers=config.train_routers,
+    )
     if config.mixed_precision != "no":  # trainable routers keep float32 master weights under autocast
         for router in handle.routers:
             router.float()
     policy_params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt_ctrl = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller,
-                                 weight_decay=config.weight_decay)  # §5: controller lr 1e-4
-    opt_policy = torch.optim.AdamW(policy_params, lr=config.lr_policy,
-                                   weight_decay=config.weight_decay)  # §5: intra-option lr 2e-4
+    opt_ctrl = torch.optim.AdamW(
+        controller.parameters(), lr=config.lr_controller, weight_decay=config.weight_decay
+    )  # §5: controller lr 1e-4
+    opt_policy = torch.optim.AdamW(
+        policy_params, lr=config.lr_policy, weight_decay=config.weight_decay
+    )  # §5: intra-option lr 2e-4
     ddp_model, ddp_replay, opt_ctrl, opt_policy = accelerator.prepare(
-        peft_model, ControllerReplay(controller), opt_ctrl, opt_policy)
+        peft_model, ControllerReplay(controller), opt_ctrl, opt_policy
+    )
     optimizers = {"controller": opt_ctrl, "policy": opt_policy}
 
     prompts = load_prompts(config, tokenizer, model.config.vocab_size, pad_id, eos_ids)
@@ -222,14 +264,33 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     if resume:
         ckpt = resolve_checkpoint(run_dir)
         _check_resume(config, ckpt)
-        start_step = load_training_state(ckpt, peft_model=peft_model, handle=handle, controller=controller,
-                                         optimizers=optimizers, generators=generators, process_index=rank)
+        start_step = load_training_state(
+            ckpt,
+            peft_model=peft_model,
+            handle=handle,
+            controller=controller,
+            optimizers=optimizers,
+            generators=generators,
+            process_index=rank,
+        )
     if accelerator.is_main_process:
         config.save(run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, total_steps=config.steps, start_step=start_step,
-                           enabled=accelerator.is_main_process, progress=config.progress,
-                           report_to=config.report_to, config=config.to_dict())
+    logger = MetricsLogger(
+        run_dir,
+        total_steps=config.steps,
+        start_step=start_step,
+        enabled=accelerator.is_main_process,
+        progress=config.progress,
+        report_to=config.report_to,
+        config=config.to_dict(),
+    )
     teacher = lambda: teacher_mode(peft_model, handle, original_routers)  # noqa: E731
+    # DDP replicas hold full weights: roll out on the unwrapped module (no collectives, so processes may stop
+    # at different lengths). Sharded FSDP must run the wrapped module and the same number of steps everywhere.
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded:
+        log.warning("FSDP path: rollouts through the sharded model, no early stop (untested without GPUs)")
+    rollout_model = ddp_model if sharded else peft_model
     records: list[dict[str, Any]] = []
 
     for step in range(start_step + 1, config.steps + 1):
@@ -237,31 +298,44 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         # ---- Alg. 2 lines 2–13: rollout with the controller online and teacher-mixed sampling ------------
         prompt_ids, prompt_mask = (x.to(accelerator.device) for x in prompts.batch(step - 1, rank, world))
         peft_model.eval()
-        batch = rollout(peft_model, handle, controller, teacher, prompt_ids, prompt_mask,
-                        max_new_tokens=config.max_new_tokens, tau=config.tau, temperature=config.temperature,
-                        top_p=config.top_p, eos_token_ids=eos_ids, pad_token_id=pad_id, generator=sample_gen,
-                        controller_generator=ctrl_gen)
+        batch = rollout(
+            rollout_model,
+            handle,
+            controller,
+            teacher,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=config.max_new_tokens,
+            tau=config.tau,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            eos_token_ids=eos_ids,
+            pad_token_id=pad_id,
+            generator=sample_gen,
+            controller_generator=ctrl_gen,
+            early_stop=not sharded,
+        )
         t_rollout = time.perf_counter() - t_start
         traj = batch.trajectory
         T, Tc = batch.tokens.shape[1], traj.valid.shape[1]  # Tc = T or T + 1 (bootstrap column)
 
         # ---- rewards r_t = log p_teacher − log π (line 13), scaled for the critics; weights w_t (line 12)
-        def pad(x: Tensor) -> Tensor:  # (B, T) -> (B, Tc): the bootstrap column carries no reward/weight
-            return torch.cat([x, x.new_zeros(x.shape[0], Tc - T)], dim=1)
-
-        rewards = pad(batch.rewards) * config.reward_scale
-        weights = pad(batch.weights)
-        valid = traj.valid  # equals pad(batch.valid)
+        rewards = _pad_columns(batch.rewards, Tc) * config.reward_scale
+        weights = _pad_columns(batch.weights, Tc)
+        valid = traj.valid  # equals _pad_columns(batch.valid, Tc)
 
         # ---- controller losses (lines 3–16 of "Algorithm 2 continued"), one batched replay --------------
         out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected)
         beta, q_prev, q_exec, value, log_prob = out
-        targets = option_critic_targets(rewards, value, q_prev, q_exec, beta, valid, batch.terminated,
-                                        gamma=config.gamma, lam=config.lam)  # GAE(λ), lines 4–12
-        loss_critic, s_critic = critic_loss(value, q_exec, targets.v_target, targets.q_target, valid,
-                                            coef=config.value_coef)  # line 16
-        loss_term, s_term = termination_loss(beta, q_prev, value, traj.decision_mask, config.eta,
-                                             weights)  # line 13
+        targets = option_critic_targets(
+            rewards, value, q_prev, q_exec, beta, valid, batch.terminated, gamma=config.gamma, lam=config.lam
+        )  # GAE(λ), lines 4–12
+        loss_critic, s_critic = critic_loss(
+            value, q_exec, targets.v_target, targets.q_target, valid, coef=config.value_coef
+        )  # line 16
+        loss_term, s_term = termination_loss(
+            beta, q_prev, value, traj.decision_mask, config.eta, weights
+        )  # line 13
         switches = traj.decisions & traj.decision_mask[..., None]
         loss_sel, s_sel = selection_loss(log_prob, q_exec, value, switches, weights)  # lines 14–15
         loss_ctrl = loss_term + loss_sel + loss_critic
@@ -276,8 +350,15 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
             returns = discounted_returns(batch.rewards * config.reward_scale, batch.valid, config.gamma)
             advantages = standardize(returns, batch.valid)  # Ḡ standardised over the response tokens (A2)
             peft_model.train()
-            loss_policy_value = _policy_update(ddp_model, handle, accelerator, batch, advantages, config,
-                                               traj.option_masks(handle.num_experts)[:, :T])
+            loss_policy_value = _policy_update(
+                ddp_model,
+                handle,
+                accelerator,
+                batch,
+                advantages,
+                config,
+                traj.option_masks(handle.num_experts)[:, :T],
+            )
             grad_policy = accelerator.clip_grad_norm_(policy_params, config.grad_clip)
             opt_policy.step()
             opt_policy.zero_grad(set_to_none=True)
@@ -305,10 +386,18 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
             "selection/num_switches": s_sel["selection/num_switches"],
         }
         record = {"step": step, **_mean_over_processes(accelerator, local)}
-        for key in ("reward", "switch_rate", "repeat_fraction", "teacher_ppl", "termination_rate",
-                    "importance_weight"):
+        for key in (
+            "reward",
+            "switch_rate",
+            "repeat_fraction",
+            "teacher_ppl",
+            "termination_rate",
+            "importance_weight",
+        ):
             v = per_seq[key]
-            record[f"rollout/{key}"] = float(v[~v.isnan()].mean()) if bool((~v.isnan()).any()) else float("nan")
+            record[f"rollout/{key}"] = (
+                float(v[~v.isnan()].mean()) if bool((~v.isnan()).any()) else float("nan")
+            )
         record["rollout/response_tokens"] = float(per_seq["length"].mean())
         record["perf/tokens_per_s"] = tokens_all / step_time
         record["perf/rollout_tokens_per_s"] = tokens_all / t_rollout
@@ -317,18 +406,46 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         records.append(record)
 
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-            ckpt = save_checkpoint(run_dir, step, peft_model=peft_model, handle=handle, controller=controller,
-                                   optimizers=optimizers, generators=generators, train_config=config,
-                                   controller_config=ctrl_config, accelerator=accelerator,
-                                   keep=config.keep_checkpoints)
+            ckpt = save_checkpoint(
+                run_dir,
+                step,
+                peft_model=peft_model,
+                handle=handle,
+                controller=controller,
+                optimizers=optimizers,
+                generators=generators,
+                train_config=config,
+                controller_config=ctrl_config,
+                accelerator=accelerator,
+                keep=config.keep_checkpoints,
+            )
     logger.close()
     accelerator.end_training()
-    return RunResult(run_dir=run_dir, steps=config.steps, metrics=records, checkpoint=ckpt, model=peft_model,
-                     handle=handle, controller=controller)
+    return RunResult(
+        run_dir=run_dir,
+        steps=config.steps,
+        metrics=records,
+        checkpoint=ckpt,
+        model=peft_model,
+        handle=handle,
+        controller=controller,
+    )
 
 
-def _policy_update(ddp_model, handle, accelerator: Accelerator, batch: RolloutBatch, advantages: Tensor,
-                   config: TrainConfig, option_masks: Tensor) -> float:
+def _pad_columns(x: Tensor, width: int) -> Tensor:
+    """(B, T) -> (B, width) with zero columns appended: the bootstrap column carries no reward or weight."""
+    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], dim=1)
+
+
+def _policy_update(
+    ddp_model,
+    handle,
+    accelerator: Accelerator,
+    batch: RolloutBatch,
+    advantages: Tensor,
+    config: TrainConfig,
+    option_masks: Tensor,
+) -> float:
     """Backward of −Σ w_t Ĝ_t log π_θ(a_t) / Σ w_t (Alg. 2 line 19) in micro-batches; returns the loss.
 
     Teacher-forced forward over prompt + response[:-1] with the recorded option masks at the controlled
@@ -349,8 +466,13 @@ def _policy_update(ddp_model, handle, accelerator: Accelerator, batch: RolloutBa
         sync = n == len(chunks) - 1
         ctx = accelerator.no_sync(ddp_model) if not sync else nullcontext()
         with ctx, handle.restrict(recorded_mask_fn(option_masks[sl], start=P - 1)):
-            logits = ddp_model(input_ids=ids[sl], attention_mask=attn[sl].long(), position_ids=positions[sl],
-                               use_cache=False, logits_to_keep=T).logits  # (b, T, V): predicts a_0..a_{T−1}
+            logits = ddp_model(
+                input_ids=ids[sl],
+                attention_mask=attn[sl].long(),
+                position_ids=positions[sl],
+                use_cache=False,
+                logits_to_keep=T,
+            ).logits  # (b, T, V): predicts a_0..a_{T−1}
             logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
             loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
             loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's Σ w normaliser
