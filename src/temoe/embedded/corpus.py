@@ -46,7 +46,9 @@ class Corpus:
             texts = [d.text for d in cat_docs]
             rng.shuffle(texts)
             self.prompt_docs[cat] = texts[:PROMPTS_PER_CATEGORY]
-            self.natural[cat] = texts[PROMPTS_PER_CATEGORY:]
+            # Sources repeat texts (man-page boilerplate, a fortune in two files): drop every copy.
+            held_out = set(self.prompt_docs[cat])
+            self.natural[cat] = [t for t in texts[PROMPTS_PER_CATEGORY:] if t not in held_out]
         self.categories = [c for c in NATURAL_CATEGORIES if self.natural.get(c)]
         missing = sorted(set(NATURAL_CATEGORIES) - set(self.categories))
         if missing:
