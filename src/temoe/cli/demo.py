@@ -249,6 +249,9 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--train-steps", type=int)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice; 1 is far faster on a machine shared "
+                        "with other jobs, where spinning OpenMP threads oversubscribe the cores)")
     p.set_defaults(func=run)
 
 
@@ -263,6 +266,10 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def run(args) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = (DemoConfig.quick if args.quick else DemoConfig.full)(args.out, model=args.model,
                                                                  progress=not args.no_progress)
     updates: dict[str, Any] = {}

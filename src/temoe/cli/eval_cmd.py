@@ -37,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--calibration-tokens", type=int, default=2048, help="prompt + response tokens (§5: 2048)")
     p.add_argument("--cache-dir", default=".temoe-cache", help="calibration and baseline-mask cache")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +53,8 @@ def run(args) -> int:
     task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(args.model)
     model = model.to(device).eval()
