@@ -11,6 +11,9 @@ import pytest
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 
+# Each test starts Python subprocesses that import torch/transformers: tens of seconds on a busy CPU.
+pytestmark = pytest.mark.slow
+
 SRC = str(Path(__file__).parents[2] / "src")
 
 

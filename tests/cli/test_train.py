@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+# Each test starts Python subprocesses that import torch/transformers: tens of seconds on a busy CPU.
+pytestmark = pytest.mark.slow
 
 SRC = str(Path(__file__).parents[2] / "src")
 SMALL = [

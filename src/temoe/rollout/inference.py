@@ -27,6 +27,18 @@ class Generation:
     num_tokens: int
 
 
+def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt: a user turn plus the generation prompt if the tokenizer has a template."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some tokenizer versions
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
 def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
     """logits (1, V) -> (1,) greedy at temperature 0, else a draw from the tempered nucleus."""
     if temperature == 0.0:
@@ -55,8 +67,6 @@ def generate_text(
 
     Defaults follow the paper's evaluation (§5: temperature 0.5, top-p 0.95, seed 42).
     """
-    from temoe.train.data import encode_prompt
-
     device = next(model.parameters()).device
     ids = torch.tensor([encode_prompt(tokenizer, prompt, chat_template)], device=device)  # (1, P)
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from temoe.rollout.inference import encode_prompt
+
 
 def resolve_prompts_path(spec: str) -> Path:
     """`embedded:NAME` -> `temoe.embedded.data_path(NAME)`; anything else is a file path."""
@@ -21,18 +23,6 @@ def resolve_prompts_path(spec: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {spec!r} not found (config key prompts)")
     return path
-
-
-def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
-    """Token ids of one prompt: a user turn plus the generation prompt if the tokenizer has a template."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some tokenizer versions
-            ids = ids["input_ids"]
-        return list(ids)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
 class PromptSource:

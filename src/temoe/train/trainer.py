@@ -372,10 +372,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         tokens_all = float(per_seq["length"].sum())
         local = {
             "loss/value": s_critic["loss/critic"],
-            "loss/termination": float(loss_term),
-            "loss/selection": float(loss_sel),
-            "loss/controller_policy": float(loss_term + loss_sel),
-            "loss/controller": float(loss_ctrl),
+            "loss/termination": float(loss_term.detach()),
+            "loss/selection": float(loss_sel.detach()),
+            "loss/controller_policy": float((loss_term + loss_sel).detach()),
+            "loss/controller": float(loss_ctrl.detach()),
             "loss/policy": loss_policy_value,
             "rollout/switch_prob_mean": float(betas.mean()) if betas.numel() else float("nan"),
             "rollout/switch_prob_p95": float(betas.quantile(0.95)) if betas.numel() else float("nan"),
@@ -477,5 +477,5 @@ def _policy_update(
             loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
             loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's Σ w normaliser
             accelerator.backward(loss)
-        total += float(loss)
+        total += float(loss.detach())
     return total
