@@ -73,8 +73,9 @@ def ensure_packages(packages: list[str]) -> list[str]:
     return still
 
 
-def _read_fortunes(directory: Path) -> list[str]:
+def _read_fortunes(directory: Path, limit_chars: int) -> list[str]:
     out: list[str] = []
+    total = 0
     if not directory.is_dir():
         return out
     names = sorted({p.name.removesuffix(".u8") for p in directory.iterdir() if p.is_file()})
@@ -89,6 +90,9 @@ def _read_fortunes(directory: Path) -> list[str]:
             entry = entry.strip().strip("%").strip()
             if 20 <= len(entry) <= 600:
                 out.append(entry)
+                total += len(entry)
+        if total >= limit_chars:
+            break
     return out
 
 
@@ -206,7 +210,8 @@ def load_documents(max_chars_per_source: int = 1_500_000, install: bool = True) 
     if install:
         ensure_packages(list(PACKAGES))
     docs: list[Document] = []
-    en = _read_fortunes(FORTUNES)
+    # Fortunes are small collections: read up to 4x the cap (all of them at the default cap).
+    en = _read_fortunes(FORTUNES, 4 * max_chars_per_source)
     rng = random.Random(1234)
     half = len(en) // 2
     # Half the English fortunes become chat turns, the other half plain English prose.
@@ -214,7 +219,8 @@ def load_documents(max_chars_per_source: int = 1_500_000, install: bool = True) 
         docs.append(Document("chat", "fortunes", f"User: {rng.choice(_CHAT_REQUESTS)}\nAssistant: {text}"))
     docs.extend(Document("en", "fortunes", t) for t in en[half:])
     for lang in ("de", "es", "it"):
-        docs.extend(Document(lang, f"fortunes-{lang}", t) for t in _read_fortunes(FORTUNES / lang))
+        texts = _read_fortunes(FORTUNES / lang, 4 * max_chars_per_source)
+        docs.extend(Document(lang, f"fortunes-{lang}", t) for t in texts)
     for lang in ("de", "es", "fr", "it", "ja"):
         docs.extend(Document(lang, f"manpages-{lang}", t) for t in _read_man(lang, max_chars_per_source))
     docs.extend(Document("code", "python-stdlib", t) for t in _read_stdlib_code(max_chars_per_source))
