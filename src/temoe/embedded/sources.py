@@ -26,17 +26,17 @@ PYDOC_SOURCES = Path("/usr/share/doc/python3-doc/html/_sources")
 
 # Debian package -> licence (from /usr/share/doc/<pkg>/copyright, checked November 2026).
 PACKAGES: dict[str, str] = {
-    "fortunes": "BSD-3-Clause (bsd-games fortune files; individual quotations are short citations)",
-    "fortunes-min": "BSD-3-Clause",
-    "fortunes-de": "public domain / free collection (see /usr/share/doc/fortunes-de/copyright)",
+    "fortunes": "BSD (fortune files of the BSD fortune(6) port)",
+    "fortunes-min": "BSD (fortune files of the BSD fortune(6) port)",
+    "fortunes-de": "GPL-2+",
     "fortunes-es": "GPL-2+",
-    "fortunes-it": "GPL-2+",
-    "manpages-de": "GPL-3+ (translations), upstream man-page licences",
-    "manpages-fr": "GPL-3+ (translations), upstream man-page licences",
-    "manpages-es": "GPL-3+ (translations), upstream man-page licences",
-    "manpages-it": "GPL-3+ (translations), upstream man-page licences",
-    "manpages-ja": "GPL-2+ / BSD-like (per page; see /usr/share/doc/manpages-ja/copyright)",
-    "python3-doc": "PSF-2.0 (Python documentation)",
+    "fortunes-it": "public domain (\"freeware (public domain)\" per its copyright file)",
+    "manpages-de": "GPL-3+ (translations)",
+    "manpages-fr": "GPL-3+ (translations)",
+    "manpages-es": "GPL-3+ (translations)",
+    "manpages-it": "GPL-3+ (translations)",
+    "manpages-ja": "per page, the licence of the original man page (DFSG-free)",
+    "python3-doc": "PSF-2.0",
 }
 
 
