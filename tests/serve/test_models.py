@@ -16,7 +16,7 @@ def test_gpt_oss_20b_config_matches_the_real_model():
 def test_char_tokenizer_round_trip_and_chat_template():
     tok = char_tokenizer()
     ids = tok("Hi, you!\n").input_ids
-    assert ids == [ord(c) for c in "Hi, you!\n"]
+    assert len(ids) == 9 and tok.unk_token_id not in ids
     assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == "Hi, you!\n"
     messages = [{"role": "user", "content": "Hi"}]
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

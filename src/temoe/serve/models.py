@@ -1,12 +1,12 @@
-"""Models the serving commands accept by name: `tiny-random:<model_type>` (tiny from-config model plus a
-character-level tokenizer), `gpt-oss-20b-random` (the real gpt-oss-20b shape with random bf16 weights, CUDA
-only unless shrunk with `num_layers`), or anything `temoe.load_model` loads (`tiny`, a local HF directory).
+"""Models the serving commands accept by name: `tiny-random:<model_type>` or `testing:<model_type>` (tiny
+from-config model plus the character tokenizer), `gpt-oss-20b-random` (the real gpt-oss-20b shape with random
+bf16 weights, CUDA only unless shrunk with `num_layers`), or anything `temoe.load_model` loads (`tiny`, a
+local HF directory).
 """
 
 from __future__ import annotations
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, GptOssConfig, PreTrainedTokenizerFast
 
 #: Real gpt-oss-20b dimensions (config.json of openai/gpt-oss-20b).
@@ -44,18 +44,13 @@ _CHAT_TEMPLATE = (
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
-    """Offline character tokenizer for vocab >= 128 models: printable ASCII and newline map to their code
-    point, 0/1/2/3 are pad/bos/eos/unk. Has a plain `role: content` chat template."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "\n": 10}
-    vocab.update({chr(i): i for i in range(32, 127)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    out = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    out.chat_template = _CHAT_TEMPLATE
-    return out
+    """The project's offline character tokenizer (`temoe.testing_tokenizer`, 100 ids, so it fits any vocab >=
+    128) with a plain `role: content` chat template for /v1/chat/completions."""
+    from temoe.testing_tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = _CHAT_TEMPLATE
+    return tok
 
 
 def gpt_oss_20b_config(num_layers: int | None = None) -> GptOssConfig:
@@ -100,7 +95,7 @@ def load_for_serving(
 ):
     """(model, tokenizer) for a serving model name (see module docstring); the model stays on CPU unless the
     name builds it on `device` directly (gpt-oss-20b-random)."""
-    if name.startswith("tiny-random:"):
+    if name.startswith(("tiny-random:", "testing:")):  # testing:<type> is the trainer CLI's name for it
         from temoe.testing import TINY_MODEL_TYPES, tiny_model
 
         model_type = name.split(":", 1)[1]
