@@ -71,3 +71,19 @@ def test_evaluate_writes_one_record_per_question(handle, tokenizer, tmp_path):
     assert all(len(pos) == 2 for x in lines for pos in json.loads(x)["active_experts"])  # L = 2 layers
     _, again = evaluate(handle, tokenizer, task, BaseSource(4), cfg)
     assert [r["completion"] for r in records] == [r["completion"] for r in again]  # seeded: reproducible
+
+
+def test_mask_sources_record_option_members(handle, tokenizer, tmp_path):
+    from temoe.baselines.random import RandomPerTokenMasks
+    from temoe.eval.masks import MaskFnSource
+
+    data = tmp_path / "mc.jsonl"
+    data.write_text(json.dumps({"id": "q", "question": "q", "choices": list("abcd"), "answer": "A"}) + "\n")
+    source = MaskFnSource(RandomPerTokenMasks(2, 8, 4, torch.Generator().manual_seed(0)), "random", 4)
+    _, records = evaluate(handle, tokenizer, load_task("mmlu", data), source,
+                          GenerationConfig(max_new_tokens=4, seed=1))
+    rec = records[0]
+    assert rec["k_hat"] == 4 and "top_k" not in rec
+    for members, routed in zip(rec["active_experts"], rec["routed_experts"]):  # per generated position
+        for m, r in zip(members, routed):  # per layer: k̂ option members, k̃ routed ids inside them
+            assert len(m) == 4 and set(r) <= set(m)

@@ -56,6 +56,11 @@ class MaskSource:
                                               self._k_hat_for(router_logits))
         return metrics.switch_rate(options), _loads(options)
 
+    def options(self, b: int, rows: Tensor) -> Tensor | None:
+        """(T, L, N) bool masks installed at row b's generated positions, for mask-defined sources
+        (random per token, controller); None for the router-defined ones."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Extra summary fields."""
         return {}
@@ -117,11 +122,14 @@ class MaskFnSource(MaskSource):
         self.fn.reset()
         return self.fn
 
+    def options(self, b, rows):
+        L = self.fn.num_layers
+        return torch.stack([self.fn.recorded(i)[rows] for i in range(L)], dim=1)  # (T, L, N)
+
     def sequence_switches(self, b, rows, router_logits, expert_ids):
         if rows.numel() < 2:
             return None, None
-        L = router_logits.shape[1]
-        options = torch.stack([self.fn.recorded(i)[rows] for i in range(L)], dim=1)  # (T, L, N)
+        options = self.options(b, rows)
         return metrics.switch_rate(options), _loads(options)
 
 
@@ -155,13 +163,15 @@ class ControllerSource(MaskSource):
     def mark_done(self, done: Tensor) -> None:
         self.state.mark_done(done)
 
-    def sequence_switches(self, b, rows, router_logits, expert_ids):
-        T = rows.numel()
-        if T < 2:
-            return None, None
+    def options(self, b, rows):
         if self._options is None:  # (B, T_max, L, N), stacked once per batch
             self._options = self.state.option_masks().cpu()
-        options = self._options[b, :T]  # (T, L, N)
+        return self._options[b, :rows.numel()]  # (T, L, N)
+
+    def sequence_switches(self, b, rows, router_logits, expert_ids):
+        if rows.numel() < 2:
+            return None, None
+        options = self.options(b, rows)
         return metrics.switch_rate(options), _loads(options)
 
     def describe(self) -> dict[str, Any]:

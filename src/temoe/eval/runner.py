@@ -72,6 +72,8 @@ class Generation:
     """Switch rate of this sequence under the source's definition (None when T < 2)."""
     experts_loaded: int | None
     """Σ_ℓ Σ_{t≥1} |ω_t \\ ω_{t-1}|: experts that had to be brought in after t = 0 (None when T < 2)."""
+    options: Tensor | None = None
+    """(T, L, N) bool masks installed at the generated positions (random per token, controller), else None."""
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -195,7 +197,7 @@ def generate_from_ids(handle, tokenizer, input_ids: Tensor, attn: Tensor, source
         rows = torch.tensor(rows[:T], dtype=torch.long)
         rl, ei = logits_all[rows], ids_all[rows]
         rate, loaded = source.sequence_switches(b, rows, rl, ei)
-        results.append(Generation(text, tokens[b], rl, ei, rate, loaded))
+        results.append(Generation(text, tokens[b], rl, ei, rate, loaded, source.options(b, rows)))
     return results
 
 
@@ -210,8 +212,9 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
     """Evaluate `task` with masks from `source`; returns (summary, records).
 
     One record per question: `id, prompt, completion, prediction, answer, correct, switch_rate,
-    experts_loaded, n_generated, active_experts, num_experts, top_k` (`active_experts`: per generated
-    position, per MoE layer, the routed expert ids). The summary adds the run's settings to
+    experts_loaded, n_generated, active_experts, num_experts` and `top_k` or `k_hat` + `routed_experts`
+    (`active_experts`: per generated position, per MoE layer, the routed expert ids, or the option's
+    members for per-token mask sources; see `_active`). The summary adds the run's settings to
     `temoe.eval.stats.summarise`.
     """
     cfg = cfg or GenerationConfig()
@@ -231,8 +234,7 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
                 "id": str(item["id"]), "prompt": prompt, "completion": completion, "prediction": pred,
                 "answer": item["answer"], "correct": bool(correct), "switch_rate": g.switch_rate,
                 "experts_loaded": g.experts_loaded, "n_generated": len(g.token_ids),
-                "active_experts": g.expert_ids.tolist(), "num_experts": handle.num_experts,
-                "top_k": handle.top_k,
+                "num_experts": handle.num_experts, **_active(g, handle.top_k, source.k_hat),
             })
         if progress is not None:
             progress(len(records), len(items))
@@ -245,6 +247,17 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
         write_records(records_path, records)
         summary["records"] = str(records_path)
     return summary, records
+
+
+def _active(g: Generation, top_k: int, k_hat: int | None) -> dict:
+    """Record fields for the activation heatmaps (`temoe.analysis.activations`): `active_experts` holds,
+    per generated position and MoE layer, the option's k̂ members where the source installs per-token masks
+    (controller, random), else the k̃ routed experts (with `top_k`). `routed_experts` is always the routing."""
+    routed = g.expert_ids.tolist()
+    if g.options is None:
+        return {"active_experts": routed, "top_k": top_k}
+    members = [[torch.nonzero(m).flatten().tolist() for m in pos] for pos in g.options]
+    return {"active_experts": members, "k_hat": k_hat, "routed_experts": routed}
 
 
 def write_records(path: str | Path, records: Sequence[dict]) -> None:
