@@ -20,6 +20,11 @@ from typing import Any
 #: Methods in table order; "controller" is evaluated once per η.
 DEMO_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
 
+#: Trainer overrides used when no `tiny` trainer config is shipped: CPU-sized rollouts and controllers for
+#: the embedded model (H = 64), instead of the paper's gpt-oss-20b sizes (16 × 512 tokens, MLP width 1024).
+FALLBACK_TRAIN = {"prompts_per_step": 8, "max_new_tokens": 48, "controller_hidden": 256,
+                  "expert_embed_dim": 64, "checkpoint_every": 0}
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -45,8 +50,9 @@ class DemoConfig:
     """Generated tokens per question (the embedded tasks' answers are short; §5 uses 2048 on real models)."""
     batch_size: int = 16
     """Questions per generation batch."""
-    train_steps: int = 120
-    """Controller training steps per η (§5: checkpoint at step 120 for k̂ = 16)."""
+    train_steps: int = 60
+    """Controller training steps per η (§5: step 120 on gpt-oss-20b; fewer, smaller steps fit the CPU
+    budget)."""
     train_config: str | None = None
     """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -135,8 +141,9 @@ def stage_train(cfg: DemoConfig, eta: float) -> Path:
     if done.exists():
         return Path(done.read_text().strip())
     config_name = cfg.train_config or ("tiny" if "tiny" in shipped_configs() else None)
-    overrides = {"model": cfg.model, "k_hat": cfg.k_hat, "eta": eta, "out_dir": str(run_dir),
-                 "steps": cfg.train_steps, "seed": cfg.seed, "progress": cfg.progress, **cfg.train_overrides}
+    overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model, "k_hat": cfg.k_hat,
+                 "eta": eta, "out_dir": str(run_dir), "steps": cfg.train_steps, "seed": cfg.seed,
+                 "progress": cfg.progress, **cfg.train_overrides}
     if cfg.prompts is not None:
         overrides.setdefault("prompts", cfg.prompts)
     resume = (run_dir / "checkpoints" / "latest").exists()
