@@ -104,7 +104,8 @@ def markdown_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str] | None 
     note = ("Accuracy ± half-width of the 95% Wald interval over questions (the interval the paper's "
             "± values match); switch rate ± half-width of the 95% normal interval of the mean over "
             "questions. Base and static baselines: the base-model switch-rate definition with k̂ slots; "
-            "random and controller: the change rate of the installed masks (METHOD §2).")
+            "random and controller: the change rate of the installed masks (METHOD §2). – : no value (not "
+            "run, or no question generated ≥ 2 tokens, e.g. one-letter answers).")
     return "\n\n".join(out) + "\n\n" + note + "\n"
 
 
