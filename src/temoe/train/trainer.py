@@ -383,6 +383,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
             "grad/controller_norm": float(grad_ctrl),
             "grad/policy_norm": float(grad_policy),
             "termination/adv_mean": s_term["termination/adv_mean"],
+            "termination/frac_keep_preferred": s_term["termination/frac_keep_preferred"],
             "selection/num_switches": s_sel["selection/num_switches"],
         }
         record = {"step": step, **_mean_over_processes(accelerator, local)}
