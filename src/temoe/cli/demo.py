@@ -46,11 +46,11 @@ class DemoConfig:
     """Methods to evaluate (subset of DEMO_METHODS)."""
     limit: int = 200
     """Questions per task (§5: 200, seed 42)."""
-    max_new_tokens: int = 96
-    """Generated tokens per question (the embedded tasks' answers are short; §5 uses 2048 on real models)."""
-    batch_size: int = 16
+    max_new_tokens: int = 48
+    """Generated tokens per question (an embedded worked solution is ~25 tokens; §5: 2048 on real models)."""
+    batch_size: int = 32
     """Questions per generation batch."""
-    train_steps: int = 60
+    train_steps: int = 40
     """Controller training steps per η (§5: step 120 on gpt-oss-20b; fewer, smaller steps fit the CPU
     budget)."""
     train_config: str | None = None
