@@ -23,7 +23,7 @@ DEMO_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "contr
 #: Trainer overrides used when no `tiny` trainer config is shipped: CPU-sized rollouts and controllers for
 #: the embedded model (H = 64), instead of the paper's gpt-oss-20b sizes (16 × 512 tokens, MLP width 1024).
 FALLBACK_TRAIN = {"prompts_per_step": 8, "max_new_tokens": 48, "controller_hidden": 256,
-                  "expert_embed_dim": 64, "checkpoint_every": 0}
+                  "expert_embed_dim": 64, "checkpoint_every": 0, "steps": 40}
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,8 @@ class DemoConfig:
     """Generated tokens per question (an embedded worked solution is ~25 tokens; §5: 2048 on real models)."""
     batch_size: int = 32
     """Questions per generation batch."""
-    train_steps: int = 40
-    """Controller training steps per η (§5: step 120 on gpt-oss-20b; fewer, smaller steps fit the CPU
-    budget)."""
+    train_steps: int | None = None
+    """Controller training steps per η; None = the trainer config's (`tiny`: 80; §5: 120 on gpt-oss-20b)."""
     train_config: str | None = None
     """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -142,8 +141,8 @@ def stage_train(cfg: DemoConfig, eta: float) -> Path:
         return Path(done.read_text().strip())
     config_name = cfg.train_config or ("tiny" if "tiny" in shipped_configs() else None)
     overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model, "k_hat": cfg.k_hat,
-                 "eta": eta, "out_dir": str(run_dir), "steps": cfg.train_steps, "seed": cfg.seed,
-                 "progress": cfg.progress, **cfg.train_overrides}
+                 "eta": eta, "out_dir": str(run_dir), "seed": cfg.seed, "progress": cfg.progress,
+                 **({} if cfg.train_steps is None else {"steps": cfg.train_steps}), **cfg.train_overrides}
     if cfg.prompts is not None:
         overrides.setdefault("prompts", cfg.prompts)
     resume = (run_dir / "checkpoints" / "latest").exists()
