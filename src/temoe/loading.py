@@ -1,4 +1,5 @@
-"""`load_model(name_or_path)`: the embedded model by short name (`tiny`) or any local HF model directory."""
+"""`load_model(name_or_path)`: the embedded model by short name (`tiny`), a local HF model directory, or a
+random tiny test model (`tiny-random:<model_type>`, alias `testing:<model_type>`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from temoe.embedded import MODELS
+
+#: Name prefixes of the random tiny from-config test models (`temoe.testing`), e.g. `tiny-random:mixtral`.
+TINY_RANDOM_PREFIXES = ("tiny-random:", "testing:")
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -27,14 +31,27 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     raise ValueError(
         f"unknown model {key!r}: not an embedded model name and not a local directory; "
-        f"embedded names: {', '.join(sorted(MODELS))} (model hubs are not used)"
+        f"embedded names: {', '.join(sorted(MODELS))}; random test models: tiny-random:<model_type> "
+        f"(model hubs are not used)"
     )
 
 
 def load_model(
     name_or_path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) in eval mode; `dtype` defaults to the checkpoint's, `device` to CPU."""
+    """(model, tokenizer) in eval mode; `dtype` defaults to the checkpoint's, `device` to CPU.
+
+    `tiny-random:<model_type>` builds `temoe.testing.tiny_model(model_type)` (seed 0, float32 unless `dtype`)
+    with the offline character tokenizer: no files, for tests and CPU examples.
+    """
+    if str(name_or_path).startswith(TINY_RANDOM_PREFIXES):
+        from temoe.testing import tiny_model
+        from temoe.testing_tokenizer import tiny_tokenizer
+
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model = tiny_model(str(name_or_path).split(":", 1)[1], seed=0, dtype=dtype or torch.float32)
+        return (model if device is None else model.to(device)), tiny_tokenizer()
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

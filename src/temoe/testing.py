@@ -46,7 +46,9 @@ _PER_TYPE: dict[str, dict] = {
 def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
     """A small config of `model_type` (hidden 64, 8 experts, top-2); `overrides` replace any field."""
     if model_type not in _PER_TYPE:
-        raise ValueError(f"no tiny config for model_type={model_type!r}; available: {', '.join(TINY_MODEL_TYPES)}")
+        raise ValueError(
+            f"no tiny config for model_type={model_type!r}; available: {', '.join(TINY_MODEL_TYPES)}"
+        )
     kwargs = {**_COMMON, **_PER_TYPE[model_type], **overrides}
     return AutoConfig.for_model(model_type, **kwargs)
 

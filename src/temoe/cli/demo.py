@@ -103,9 +103,9 @@ def _prompts_path(cfg: DemoConfig) -> Path:
 
 def _load(cfg: DemoConfig):
     import temoe
-    from temoe.eval.pipeline import load_model_and_tokenizer
+    from temoe.loading import load_model
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model, tokenizer = load_model(cfg.model)
     return temoe.wrap(model.eval()), tokenizer
 
 
@@ -159,9 +159,10 @@ def _eval_name(method: str, eta: float | None, task: str) -> str:
 def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path]) -> list[dict]:
     """Evaluate every (method, η, task); each summary is cached in DIR/eval/<name>.json."""
     from temoe.baselines import CalibrationConfig
-    from temoe.eval.pipeline import evaluate_method, load_controller, load_model_and_tokenizer, write_summary
+    from temoe.eval.pipeline import evaluate_method, load_controller, write_summary
     from temoe.eval.runner import GenerationConfig
     from temoe.eval.tasks import load_task
+    from temoe.loading import load_model
 
     eval_dir = Path(cfg.out) / "eval"
     generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -184,7 +185,7 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
                 bar.update(1)
                 continue
             if method == "controller" and controller is None:
-                model, _ = load_model_and_tokenizer(cfg.model)
+                model, _ = load_model(cfg.model)
                 _, ctrl_handle, controller = load_controller(model.eval(), checkpoints[eta])
             bar.set_description(f"eval {stem}")
             summary, _ = evaluate_method(ctrl_handle, tokenizer, task, method, cfg.k_hat,

@@ -46,9 +46,10 @@ def run(args) -> int:
 
     import temoe
     from temoe.baselines import CalibrationConfig
-    from temoe.eval.pipeline import evaluate_method, load_controller, load_model_and_tokenizer, write_summary
+    from temoe.eval.pipeline import evaluate_method, load_controller, write_summary
     from temoe.eval.runner import GenerationConfig
     from temoe.eval.tasks import load_task
+    from temoe.loading import load_model
 
     task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -56,7 +57,7 @@ def run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     model = model.to(device).eval()
     controller, eta = None, None
     if args.checkpoint:

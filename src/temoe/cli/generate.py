@@ -30,24 +30,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_model_and_tokenizer(name: str):
-    """`testing:MODEL_TYPE` (tiny from-config model + character tokenizer) or `temoe.load_model(name)`."""
-    if name.startswith("testing:"):
-        from temoe.testing import tiny_model
-        from temoe.testing_tokenizer import tiny_tokenizer
-
-        return tiny_model(name.split(":", 1)[1], seed=0), tiny_tokenizer()
-    import temoe
-
-    return temoe.load_model(name)
-
-
 def run(args) -> int:
     import temoe
     from temoe.rollout.inference import generate_text
     from temoe.train.checkpoint import load_for_inference
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = temoe.load_model(args.model)
     controller = None
     if args.checkpoint:
         model, handle, controller = load_for_inference(model, args.checkpoint)

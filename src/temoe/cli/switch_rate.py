@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-TINY_RANDOM = "tiny-random:"
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -57,24 +55,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load(name: str, device: str | None):
-    """(model, tokenizer) for a model argument; `tiny-random:<model_type>` builds an offline test model."""
-    if name.startswith(TINY_RANDOM):
-        from temoe.testing import tiny_model
-        from temoe.testing_tokenizer import tiny_tokenizer
-
-        model = tiny_model(name[len(TINY_RANDOM) :])
-        return (model if device is None else model.to(device)), tiny_tokenizer()
-    try:
-        from temoe.loading import load_model
-    except ImportError as err:
-        raise ValueError(
-            f"cannot load {name!r}: temoe.loading is unavailable ({err}); "
-            f"use '{TINY_RANDOM}<model_type>' for a random test model"
-        ) from None
-    return load_model(name, device=device)
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -92,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"--max-new-tokens {args.max_new_tokens} is too small: a switch rate needs at least "
             "2 rated positions, i.e. 3 generated tokens"
         )
-    model, tokenizer = load(args.model, args.device)
+    model, tokenizer = temoe.load_model(args.model, device=args.device)
     handle = temoe.wrap(model)
     k_tilde, n = handle.top_k, handle.num_experts
     if not k_tilde <= args.k_hat <= n:

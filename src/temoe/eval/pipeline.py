@@ -14,23 +14,9 @@ from temoe.eval.masks import BaseSource, ControllerSource
 from temoe.eval.runner import GenerationConfig, evaluate
 from temoe.eval.tasks import Task
 
-__all__ = ["METHODS", "load_model_and_tokenizer", "load_controller", "evaluate_method", "write_summary"]
+__all__ = ["load_controller", "evaluate_method", "write_summary"]
 
 METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
-
-
-def load_model_and_tokenizer(name: str, dtype: torch.dtype | None = None):
-    """(model, tokenizer) for `name`: `testing:<model_type>` builds `temoe.testing.tiny_model` with the
-    offline character tokenizer (as the trainer's `testing:` models); anything else goes to `temoe.load_model`
-    ("tiny" = the embedded model, or a local HF directory)."""
-    if name.startswith("testing:"):
-        from temoe.testing import tiny_model
-        from temoe.testing_tokenizer import tiny_tokenizer
-
-        return tiny_model(name.split(":", 1)[1], seed=0, dtype=dtype or torch.float32), tiny_tokenizer()
-    import temoe
-
-    return temoe.load_model(name, dtype=dtype)
 
 
 def load_controller(model, checkpoint: str | Path):
