@@ -1,4 +1,4 @@
-"""Fixtures for evaluation tests: a character tokenizer matching the tiny models' 128-token vocabulary."""
+"""Shared fixtures: a minimal character tokenizer matching the tiny models' 128-token vocabulary."""
 
 from __future__ import annotations
 
