@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from temoe.testing import TINY_TRAIN
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 
@@ -32,20 +33,7 @@ def run_dir(tmp_path_factory):
     train(
         load_config(
             None,
-            dict(
-                model="testing:gpt_oss",
-                k_hat=4,
-                prompts_per_step=2,
-                max_new_tokens=4,
-                controller_hidden=16,
-                expert_embed_dim=8,
-                lora_rank=2,
-                lora_alpha=2,
-                progress=False,
-                cpu_threads=1,
-                steps=1,
-                out_dir=str(out),
-            ),
+            {**TINY_TRAIN, "steps": 1, "out_dir": str(out)},
         )
     )
     return out

@@ -7,27 +7,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from temoe.testing import TINY_TRAIN
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 
 out = Path(sys.argv[1])
 config = load_config(
     None,
-    dict(
-        model="testing:gpt_oss",
-        k_hat=4,
-        prompts_per_step=4,
-        max_new_tokens=5,
-        controller_hidden=16,
-        expert_embed_dim=8,
-        lora_rank=2,
-        lora_alpha=2,
-        progress=False,
-        cpu_threads=1,
-        steps=2,
-        checkpoint_every=0,
-        out_dir=str(out),
-    ),
+    {**TINY_TRAIN, "prompts_per_step": 4, "max_new_tokens": 5, "steps": 2, "checkpoint_every": 0,
+     "out_dir": str(out)},
 )
 result = train(config)
 rank = int(os.environ.get("RANK", "0"))  # the process group is closed after train()

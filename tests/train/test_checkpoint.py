@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from temoe.testing import tiny_model
+from temoe.testing import TINY_TRAIN, tiny_model
 from temoe.train.checkpoint import load_for_inference, read_meta, resolve_checkpoint
 from temoe.train.config import load_config
 from temoe.train.trainer import train
@@ -15,22 +15,7 @@ def trained(tmp_path_factory):
     result = train(
         load_config(
             None,
-            dict(
-                model="testing:gpt_oss",
-                k_hat=4,
-                prompts_per_step=2,
-                max_new_tokens=4,
-                controller_hidden=16,
-                expert_embed_dim=8,
-                lora_rank=2,
-                lora_alpha=2,
-                progress=False,
-                cpu_threads=1,
-                steps=2,
-                checkpoint_every=1,
-                keep_checkpoints=1,
-                out_dir=str(out),
-            ),
+            {**TINY_TRAIN, "steps": 2, "checkpoint_every": 1, "keep_checkpoints": 1, "out_dir": str(out)},
         )
     )
     return out, result

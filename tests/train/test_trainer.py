@@ -5,24 +5,12 @@ import json
 import pytest
 import torch
 
-from temoe.testing import tiny_model
+from temoe.testing import TINY_TRAIN, tiny_model
 from temoe.train.config import load_config
 from temoe.train.logging import read_metrics
 from temoe.train.trainer import train
 
-TINY = dict(
-    model="testing:gpt_oss",
-    k_hat=4,
-    prompts_per_step=2,
-    max_new_tokens=6,
-    controller_hidden=16,
-    expert_embed_dim=8,
-    lora_rank=2,
-    lora_alpha=2,
-    progress=False,
-    seed=3,
-    cpu_threads=1,
-)
+TINY = {**TINY_TRAIN, "max_new_tokens": 6, "seed": 3}
 
 
 def _config(tmp_path, **kw):
