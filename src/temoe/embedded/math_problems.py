@@ -1,5 +1,8 @@
 """Generated arithmetic and algebra word problems with exact answers and short worked solutions.
 
+Addition and subtraction are worked column by column (`add_steps`, `sub_steps`), then the answer is boxed:
+`47 + 38: 7 + 8 = 15 and 4 + 3 + 1 = 8. The answer is \\boxed{85}.`
+
 A problem is identified by its key `(kind, operands)`; the held-out test keys never occur in training text,
 so test accuracy measures arithmetic that generalises rather than memorised question strings.
 """
@@ -71,6 +74,27 @@ def _operands(kind: str, rng: random.Random) -> tuple[int, int]:
     raise ValueError(f"unknown math kind {kind!r}; valid: {TRAIN_KINDS}")
 
 
+def add_steps(a: int, b: int) -> str:
+    """Column addition of two numbers below 100, one digit column at a time with the carry written out.
+
+    `add_steps(47, 38)` -> "7 + 8 = 15 and 4 + 3 + 1 = 8": each step is a one-digit fact plus copying, which a
+    small model learns far more reliably than producing "85" in one go (the carry decides the first digit).
+    """
+    ones = a % 10 + b % 10
+    return f"{a % 10} + {b % 10} = {ones} and {a // 10} + {b // 10} + {ones // 10} = {a // 10 + b // 10 + ones // 10}"
+
+
+def sub_steps(a: int, b: int) -> str:
+    """Column subtraction `a - b` (0 <= b <= a < 100) with the borrow written out.
+
+    `sub_steps(47, 19)` -> "17 - 9 = 8 and 4 - 1 - 1 = 2"; without a borrow the tens step subtracts 0.
+    """
+    borrow = int(a % 10 < b % 10)
+    top = a % 10 + 10 * borrow
+    return (f"{top} - {b % 10} = {top - b % 10} and "
+            f"{a // 10} - {b // 10} - {borrow} = {a // 10 - b // 10 - borrow}")
+
+
 def render(kind: str, operands: tuple[int, int], rng: random.Random) -> MathProblem:
     """Render a problem of `kind` with `operands` using a random template (bare equation or word problem)."""
     a, b = operands
@@ -83,7 +107,7 @@ def render(kind: str, operands: tuple[int, int], rng: random.Random) -> MathProb
             if word
             else rng.choice([f"What is {a} + {b}?", f"Compute {a} + {b}.", f"Add {a} and {b}."])
         )
-        steps = f"{a} + {b} = {c}."
+        steps = f"{a} + {b}: {add_steps(a, b)}."
     elif kind == "sub":
         c = a - b
         q = (
@@ -91,7 +115,7 @@ def render(kind: str, operands: tuple[int, int], rng: random.Random) -> MathProb
             if word
             else rng.choice([f"What is {a} - {b}?", f"Compute {a} - {b}.", f"Subtract {b} from {a}."])
         )
-        steps = f"{a} - {b} = {c}."
+        steps = f"{a} - {b}: {sub_steps(a, b)}."
     elif kind == "solve_add":
         c = b - a
         q = (
@@ -99,7 +123,7 @@ def render(kind: str, operands: tuple[int, int], rng: random.Random) -> MathProb
             if word
             else rng.choice([f"Solve for x: x + {a} = {b}.", f"Find x if x + {a} = {b}."])
         )
-        steps = f"x + {a} = {b}, so x = {b} - {a} = {c}."
+        steps = f"x + {a} = {b}, so x = {b} - {a}: {sub_steps(b, a)}."
     elif kind == "mul":
         c = a * b
         q = (

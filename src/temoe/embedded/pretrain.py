@@ -40,13 +40,13 @@ class PretrainConfig:
     seed: int = 0
     vocab_size: int = 2048
     num_layers: int = 4
-    hidden_size: int = 64
-    intermediate_size: int = 64
+    hidden_size: int = 96
+    intermediate_size: int = 96
     num_experts: int = 32
     top_k: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: int = 16
+    head_dim: int = 24
     router_aux_loss_coef: float = 0.02
     """Switch-Transformer load-balancing loss weight (GptOssForCausalLM adds it with output_router_logits)."""
     natural_chars: int = 1_500_000

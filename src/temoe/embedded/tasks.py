@@ -1,7 +1,8 @@
 """The exact prompt and completion text of each embedded task, and the graders that read the completions.
 
 `format_prompt(item, task)` is the text the embedded model saw right before an answer during pretraining:
-math answers follow as ` <worked steps> The answer is \\boxed{N}.`, multiple-choice answers as ` X`.
+math answers follow as ` <worked steps> The answer is \\boxed{N}.`, multiple-choice answers as
+` <option text>. The answer is X.` (the model names the option it recalls, then copies its letter).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def format_prompt(item: Mapping[str, Any], task: str) -> str:
 
 
 def mc_prompt(question: str, choices: Sequence[str]) -> str:
-    """Multiple-choice prompt ending in 'Answer:' (the model continues with ' X')."""
+    """Multiple-choice prompt ending in 'Answer:' (the model continues with ' <option>. The answer is X.')."""
     if len(choices) != 4:
         raise ValueError(f"multiple-choice items need 4 choices, got {len(choices)}")
     lines = [f"Question: {question}"] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
@@ -42,9 +43,19 @@ def math_document(question: str, solution: str) -> str:
     return f"Problem: {question}\nSolution: {solution}"
 
 
+def mc_completion(choices: Sequence[str], answer: str) -> str:
+    """The trained answer to a multiple-choice prompt: the right option's text, then its letter.
+
+    Naming the option first splits the task into recall (the fact) and a copy (the letter in front of that
+    option in the prompt); answering with the bare letter asks a small model to do both in one token, and
+    the shipped model trained that way stayed at chance (docs/embedded.md).
+    """
+    return f" {choices[LETTERS.index(answer)]}. The answer is {answer}."
+
+
 def mc_document(question: str, choices: Sequence[str], answer: str) -> str:
-    """A full training document for a multiple-choice question: prompt, one space, the answer letter."""
-    return f"{mc_prompt(question, choices)} {answer}"
+    """A full training document for a multiple-choice question: prompt, then `mc_completion`."""
+    return mc_prompt(question, choices) + mc_completion(choices, answer)
 
 
 _BOXED = re.compile(r"\\boxed\{")
@@ -72,15 +83,17 @@ def grade_math(completion: str, answer: str) -> bool:
     return got is not None and got.replace(" ", "") == answer.replace(" ", "")
 
 
-_LETTER = re.compile(r"^\s*\(?([ABCD])\b")
-
-
 def extract_letter(completion: str) -> str | None:
-    """The answer letter at the start of a completion that follows an 'Answer:' prompt, or None."""
-    m = _LETTER.match(completion)
-    return m.group(1) if m else None
+    """The answer letter of a completion that follows an 'Answer:' prompt, or None.
+
+    Uses the library's strict extraction (`temoe.eval.graders.extract_choice`) on "Answer:" + completion, so
+    ` Morsk. The answer is B.` and a bare ` B` both give "B", and an ambiguous ` A or B` gives None.
+    """
+    from temoe.eval.graders import extract_choice
+
+    return extract_choice("Answer:" + completion, LETTERS)
 
 
 def grade_mc(completion: str, answer: str) -> bool:
-    """The completion starts with the correct letter."""
+    """The extracted letter is the correct one."""
     return extract_letter(completion) == answer

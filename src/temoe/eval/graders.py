@@ -296,8 +296,10 @@ def extract_choice(completion: str, letters: str = "ABCD") -> str | None:
     if boxed is not None:
         return _letter_of(boxed, letters)
     phrase = re.compile(r"(?:answer|réponse|respuesta|antwort|risposta|resposta|答案|回答)"
-                        r"(?:\s+is)?\s*[:：]?[ \t]*(?:\*\*)?([^\n]*)", flags=re.I)
-    found = [m.group(1) for m in phrase.finditer(completion)]
+                        r"(?:\s+is)?\s*[:：]?[ \t]*(?:\*\*)?", flags=re.I)
+    # Every phrase occurrence with the rest of its line: "Answer: Paris. The answer is B." has two, and
+    # the second (which names a letter) decides.
+    found = [completion[m.end():].split("\n", 1)[0] for m in phrase.finditer(completion)]
     found = [f for f in found if re.match(r"[(\[]?[A-Z](?![A-Za-z])", f)]  # an upper-case letter comes first
     if found:
         rest = found[-1]
