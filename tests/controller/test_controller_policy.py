@@ -78,7 +78,9 @@ def test_replay_equals_sample_mode_records():
     traj = state.trajectory()
     out = c.replay_trajectory(traj)
     dm = traj.decision_mask
-    torch.testing.assert_close(out.log_prob[dm], traj.log_probs[dm], rtol=0, atol=1e-5)
+    sw = traj.decisions  # log-probs are recorded where a selection happened
+    assert sw.sum() > 0
+    torch.testing.assert_close(out.log_prob[sw], traj.log_probs[sw], rtol=0, atol=1e-5)
     torch.testing.assert_close(out.beta[dm], traj.betas[dm], rtol=0, atol=1e-6)
     assert out.beta.shape == out.q_prev.shape == out.q_exec.shape == out.value.shape == (3, 21, L)
     # Q(h, ω_t) equals Q(h, ω_{t-1}) where the option was kept, and replays with gradients

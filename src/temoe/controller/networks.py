@@ -20,11 +20,24 @@ class SetEncoder(nn.Module):
         self.expert_embedding = nn.Embedding(num_experts, embed_dim)
         self.phi = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
+        self._table_cache: tuple[tuple[int, ...], Tensor] | None = None
+
+    def table(self) -> Tensor:
+        """φ(e_i) for all N experts, (N, D). φ depends on the expert only, so it is applied once per call.
+
+        Without autograd (rollouts, generation) the table is cached and recomputed only when a parameter
+        changed: the key is the parameters' in-place version counters, which every optimizer step bumps.
+        """
+        if torch.is_grad_enabled():
+            return self.phi(self.expert_embedding.weight)
+        key = tuple(p._version for p in self.parameters()) + tuple(p.data_ptr() for p in self.parameters())
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self.phi(self.expert_embedding.weight))
+        return self._table_cache[1]
+
     def forward(self, ids: Tensor) -> Tensor:
         """ids (..., K) expert ids of a set (any order) -> z (..., D)."""
-        # φ depends on the expert only, so apply it once to all N embeddings and gather: (N, D).
-        table = self.phi(self.expert_embedding.weight)
-        return table[ids].mean(-2)
+        return self.table()[ids].mean(-2)
 
 
 def _mlp(in_dim: int, hidden: int) -> nn.Sequential:

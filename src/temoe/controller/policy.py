@@ -44,13 +44,15 @@ class Trajectory:
     options: Tensor
     """(B, T, L, K) long: ω_t, the option executed at t (an unordered set, stored in sampled order)."""
     selected: Tensor
-    """(B, T, L, K) long: the ordered tuple drawn at t (used where `decisions`; ω_0 at initial columns)."""
+    """(B, T, L, K) long: the ordered tuple drawn at t (read only where `decisions`; ω_0 at initial columns;
+    on CPU, calls where no row terminated skip the draw and hold ω_{t-1})."""
     decisions: Tensor
     """(B, T, L) bool: d_t (False at initial columns and at invalid positions)."""
     betas: Tensor
     """(B, T, L) float32: β_t = β(h_t, ω_{t-1}) (0 at initial columns)."""
     log_probs: Tensor
-    """(B, T, L) float32: log π_sel(selected_t | h_t) (0 at initial columns)."""
+    """(B, T, L) float32: log π_sel(selected_t | h_t) (0 at initial columns, and at calls that skipped the
+    draw; exact wherever `decisions`)."""
     valid: Tensor
     """(B, T) bool: position t belongs to the row (before its EOS, not left padding)."""
     initial: Tensor
@@ -325,15 +327,24 @@ class OptionController(nn.Module):
             option_prev = state.option[i]
 
             beta = torch.sigmoid(layer.termination_logit(h, option_prev))  # (B,)
-            logits = layer.selection_logits(h)  # (B, N)
             if state.mode == "sample":
                 d = torch.bernoulli(beta, generator=state.generator).bool()
-                selected = sample_selection(logits, K, self.config.epsilon, state.generator)
             else:
                 d = beta >= 0.5
-                selected = logits.topk(K, dim=-1).indices
-            log_prob = selection_log_prob(logits, selected, self.config.epsilon)
             d = d & decide_rows
+            # On CPU a host check is free: when no row terminates (most calls once the controller has
+            # learnt to keep its options) the selection head, the draw and its log-prob are skipped and the
+            # record holds selected = ω_{t-1}, log-prob 0 (neither is read where d_t = 0). On an accelerator
+            # the check would be a device sync per layer and token, so the selection always runs there.
+            if device.type == "cpu" and not state.control_prompt and not bool(d.any()):
+                selected, log_prob = option_prev, torch.zeros_like(beta)
+            else:
+                logits = layer.selection_logits(h)  # (B, N)
+                if state.mode == "sample":
+                    selected = sample_selection(logits, K, self.config.epsilon, state.generator)
+                else:
+                    selected = logits.topk(K, dim=-1).indices
+                log_prob = selection_log_prob(logits, selected, self.config.epsilon)
             option = torch.where(d[:, None], selected, option_prev)
             # Only control_prompt=True starts rows inside controlled calls; skipping the check otherwise
             # avoids a device sync per layer and token.
