@@ -7,7 +7,8 @@ import random
 import pytest
 
 from temoe.embedded import load_jsonl, math_problems, multiple_choice
-from temoe.embedded.corpus import Corpus
+from temoe.embedded import tasks
+from temoe.embedded.corpus import DRILL_SHARES, Corpus
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +18,33 @@ def corpus() -> Corpus:
 
 @pytest.fixture(scope="module")
 def training_docs(corpus) -> list[tuple[str, str]]:
-    # Batches are drawn from random.Random(f"batch-{seed}-{step}"); sample the first steps' streams.
+    # Batches are drawn from random.Random(f"batch-{seed}-{step}"); sample the first steps' streams, from the
+    # default mixture and from the late mixture with lookup drills (PretrainConfig.drill_from_step).
+    late = corpus.with_shares(DRILL_SHARES)
     docs = []
     for step in range(40):
         rng = random.Random(f"batch-0-{step}")
         docs += [corpus.sample(rng) for _ in range(100)]
+        docs += [late.sample(rng) for _ in range(100)]
     return docs
+
+
+def test_late_mixture_has_lookup_drills(training_docs):
+    drills = [doc for label, doc in training_docs if label == "drill/all"]
+    assert len(drills) > 20
+    for doc in drills[:20]:
+        lines = doc.split("\n")
+        options = {line[3:]: line[0] for line in lines[1:5]}
+        # every lookup names an option and the letter in front of it
+        for claim in lines[5].removeprefix("Lookup: ").split(". "):
+            text, letter = claim.rstrip(".").rsplit(" is ", 1)
+            assert options[text] == letter
+
+
+def test_mc_document_names_the_option_then_its_letter():
+    doc = tasks.mc_document("Q?", ["salt", "wool", "tin", "rice"], "C")
+    assert doc.endswith("Answer: tin. The answer is C.")
+    assert tasks.grade_mc(doc.split("Answer:")[1], "C")
 
 
 def test_math_keys_held_out():

@@ -112,6 +112,8 @@ def test_extract_math_answer_prefers_boxed_then_answer_tag():
 MC_CASES = [
     ("Answer: B", "B"),
     ("The answer is C.", "C"),
+    ("Answer: Paris. The answer is B.", "B"),  # two answer phrases on one line: the one naming a letter
+    ("Answer: B. The answer is C.", "C"),  # a revision on the same line: the last one wins
     ("<answer>B</answer>", "B"),
     ("<answer>B) Paris</answer>", "B"),  # the reference parser returned A here ("B) PARIS" contains A)
     ("<answer>(D)</answer>", "D"),

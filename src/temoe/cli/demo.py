@@ -46,8 +46,9 @@ class DemoConfig:
     """Methods to evaluate (subset of DEMO_METHODS)."""
     limit: int = 200
     """Questions per task (§5: 200, seed 42)."""
-    max_new_tokens: int = 48
-    """Generated tokens per question (an embedded worked solution is ~25 tokens; §5: 2048 on real models)."""
+    max_new_tokens: int = 64
+    """Generated tokens per question (an embedded worked solution takes up to 53 tokens with its EOS, an
+    embedded multiple-choice answer up to 14; §5: 2048 on real models)."""
     batch_size: int = 32
     """Questions per generation batch."""
     train_steps: int | None = None
@@ -76,7 +77,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
         """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
-        base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=48, train_steps=4, survey_per_category=3,
+        base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=64, train_steps=4, survey_per_category=3,
                     survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
                     train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0})
         return cls(**{**base, **kw})

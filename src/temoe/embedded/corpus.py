@@ -7,6 +7,7 @@ Held out from every draw: math test/prompt keys, questions about test countries,
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 
@@ -18,6 +19,9 @@ PROMPTS_PER_CATEGORY = 100
 
 # Target share of training characters per group (tasks get most of the budget so the tiny model learns them).
 DEFAULT_SHARES = {"math": 0.30, "mc": 0.25, "bio": 0.30, "natural": 0.15}
+# The mixture from `PretrainConfig.drill_from_step` on: option-letter lookup drills (`tasks.lookup_drill`) take a
+# tenth of the characters, from math (already learnt by then) and descriptions.
+DRILL_SHARES = {"math": 0.25, "mc": 0.25, "bio": 0.25, "natural": 0.15, "drill": 0.10}
 MC_LANG_SHARES = {"en": 0.5, "de": 0.1, "es": 0.1, "fr": 0.1, "it": 0.1, "ja": 0.1}
 BIO_LANG_SHARES = {"en": 0.35, "de": 0.13, "es": 0.13, "fr": 0.13, "it": 0.13, "ja": 0.13}
 
@@ -55,6 +59,13 @@ class Corpus:
             print(f"[temoe] warning: no natural text for categories {missing}; corpus continues without them")
         self._leaves = self._leaf_weights()
 
+    def with_shares(self, shares: dict[str, float]) -> Corpus:
+        """The same corpus (sources, splits) with another mixture, e.g. DRILL_SHARES; no sources are re-read."""
+        other = copy.copy(self)
+        other.shares = dict(shares)
+        other._leaves = other._leaf_weights()
+        return other
+
     def _leaf_weights(self) -> list[tuple[str, str, float]]:
         """(group, sub, probability per draw) so that the expected character share matches `shares`."""
         targets: list[tuple[str, str, float]] = []
@@ -62,6 +73,8 @@ class Corpus:
         targets += [("mc", lang, self.shares["mc"] * s) for lang, s in MC_LANG_SHARES.items()]
         targets += [("bio", lang, self.shares["bio"] * s) for lang, s in BIO_LANG_SHARES.items()]
         targets += [("natural", c, self.shares["natural"] / len(self.categories)) for c in self.categories]
+        if self.shares.get("drill", 0.0) > 0:
+            targets.append(("drill", "all", self.shares["drill"]))
         rng = random.Random(0)
         leaves = []
         for group, sub, share in targets:
@@ -82,6 +95,9 @@ class Corpus:
             return world.bio(rng.choice(self.world), sub, rng)
         if group == "natural":
             return rng.choice(self.natural[sub])
+        if group == "drill":
+            q = multiple_choice.train_question(rng, self.world, self.train_countries, rng.choice(world.LANGS))
+            return tasks.lookup_drill(q.choices, rng)
         raise ValueError(f"unknown corpus group {group!r}")
 
     def sample(self, rng: random.Random) -> tuple[str, str]:

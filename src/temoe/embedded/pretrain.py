@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, GptOssConfig, GptOssForCausalLM
 
-from temoe.embedded.corpus import Corpus
+from temoe.embedded.corpus import DRILL_SHARES, Corpus
 from temoe.embedded.tokenizer import train_tokenizer
 
 
@@ -49,6 +49,9 @@ class PretrainConfig:
     head_dim: int = 24
     router_aux_loss_coef: float = 0.02
     """Switch-Transformer load-balancing loss weight (GptOssForCausalLM adds it with output_router_logits)."""
+    drill_from_step: int | None = 5400
+    """From this step on the mixture is `corpus.DRILL_SHARES` (adds option-letter lookup drills); None = never.
+    The shipped run learnt math and the facts but not the letter lookup in its first 5,400 steps (docs)."""
     natural_chars: int = 1_500_000
     """Characters read per natural-text source; small values make a quick CI corpus."""
     tokenizer_task_docs: int = 20_000
@@ -88,8 +91,14 @@ def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
     )
 
 
-def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int) -> torch.Tensor:
-    """Packed batch (B, S) of <|bos|> doc <|eos|> sequences; a pure function of (seed, step)."""
+def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int,
+               late_corpus: Corpus | None = None) -> torch.Tensor:
+    """Packed batch (B, S) of <|bos|> doc <|eos|> sequences; a pure function of (seed, step).
+
+    From `cfg.drill_from_step` on, documents come from `late_corpus` (the same corpus with DRILL_SHARES).
+    """
+    if late_corpus is not None and cfg.drill_from_step is not None and step >= cfg.drill_from_step:
+        corpus = late_corpus
     rng = random.Random(f"batch-{cfg.seed}-{step}")
     need = cfg.batch_size * cfg.seq_len
     ids: list[int] = []
@@ -150,6 +159,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
+    late_corpus = None if cfg.drill_from_step is None else corpus.with_shares(DRILL_SHARES)
     tok_dir = out / "tokenizer"
     # The tokenizer is a deterministic function of (seed, corpus, vocab size): reuse it when already trained.
     if tok_dir.exists() and len(AutoTokenizer.from_pretrained(tok_dir)) == cfg.vocab_size:
@@ -199,7 +209,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)
     with (out / "metrics.jsonl").open("a") as log:
         while step < cfg.steps and not (cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s):
-            batch = make_batch(corpus, tokenizer, cfg, step).to(cfg.device)
+            batch = make_batch(corpus, tokenizer, cfg, step, late_corpus).to(cfg.device)
             lr = lr_at(step, cfg, elapsed)
             for group in opt.param_groups:
                 group["lr"] = lr

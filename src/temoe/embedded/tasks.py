@@ -58,6 +58,19 @@ def mc_document(question: str, choices: Sequence[str], answer: str) -> str:
     return mc_prompt(question, choices) + mc_completion(choices, answer)
 
 
+def lookup_drill(choices: Sequence[str], rng) -> str:
+    """A training document that only practises the letter lookup of multiple choice, four times over.
+
+    "Options:\nA. salt\nB. wool\nC. tin\nD. rice\nLookup: tin is C. salt is A. rice is D. wool is B."
+    In an MC document one token in ~90 is the letter; here one in ~5 is. The prefix differs from a question
+    ("Options:"/"Lookup:", not "Question:"/"Answer:"), so the drill never teaches a second answer after one.
+    """
+    lines = ["Options:"] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    order = list(range(len(choices)))
+    rng.shuffle(order)
+    return "\n".join(lines) + "\nLookup: " + " ".join(f"{choices[i]} is {LETTERS[i]}." for i in order)
+
+
 _BOXED = re.compile(r"\\boxed\{")
 
 
