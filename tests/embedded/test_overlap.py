@@ -35,16 +35,18 @@ def test_late_mixture_has_lookup_drills(training_docs):
     for doc in drills[:20]:
         lines = doc.split("\n")
         options = {line[3:]: line[0] for line in lines[1:5]}
-        # every lookup names an option and the letter in front of it
-        for claim in lines[5].removeprefix("Lookup: ").split(". "):
-            text, letter = claim.rstrip(".").rsplit(" is ", 1)
+        assert len(lines) == 9
+        for find in lines[5:]:  # "Find tin: A. salt, B. wool, C. tin. It is C."
+            text, rest = find.removeprefix("Find ").split(": ", 1)
+            scan, letter = rest.rstrip(".").rsplit(". It is ", 1)
             assert options[text] == letter
+            assert scan.endswith(f"{letter}. {text}")
 
 
-def test_mc_document_names_the_option_then_its_letter():
+def test_mc_document_names_the_option_scans_then_gives_its_letter():
     doc = tasks.mc_document("Q?", ["salt", "wool", "tin", "rice"], "C")
-    assert doc.endswith("Answer: tin. The answer is C.")
-    assert tasks.grade_mc(doc.split("Answer:")[1], "C")
+    assert doc.endswith("Answer: tin. A. salt, B. wool, C. tin. The answer is C.")
+    assert tasks.grade_mc(doc.split("Answer:", 1)[1], "C")
 
 
 def test_math_keys_held_out():

@@ -41,7 +41,7 @@ def accuracy(model, tokenizer, task: str, limit: int | None = None) -> tuple[flo
     name = {"math": "math_test", "mc": "mc_test", "mc_multilingual": "mc_multilingual_test"}[task]
     items = load_jsonl(name)[:limit]
     prompts = [tasks.format_prompt(item, task) for item in items]
-    completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=64 if task == "math" else 24)
+    completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=64 if task == "math" else 48)
     grade = tasks.grade_math if task == "math" else tasks.grade_mc
     records = [
         {

@@ -2,7 +2,7 @@
 
 `format_prompt(item, task)` is the text the embedded model saw right before an answer during pretraining:
 math answers follow as ` <worked steps> The answer is \\boxed{N}.`, multiple-choice answers as
-` <option text>. The answer is X.` (the model names the option it recalls, then copies its letter).
+` <option text>. A. <option>, B. <option>. The answer is B.` (recall, scan the options to it, its letter).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def format_prompt(item: Mapping[str, Any], task: str) -> str:
 
 
 def mc_prompt(question: str, choices: Sequence[str]) -> str:
-    """Multiple-choice prompt ending in 'Answer:' (the model continues with ' <option>. The answer is X.')."""
+    """Multiple-choice prompt ending in 'Answer:' (the model continues with `mc_completion`)."""
     if len(choices) != 4:
         raise ValueError(f"multiple-choice items need 4 choices, got {len(choices)}")
     lines = [f"Question: {question}"] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
@@ -43,14 +43,23 @@ def math_document(question: str, solution: str) -> str:
     return f"Problem: {question}\nSolution: {solution}"
 
 
-def mc_completion(choices: Sequence[str], answer: str) -> str:
-    """The trained answer to a multiple-choice prompt: the right option's text, then its letter.
+def mc_scan(choices: Sequence[str], index: int) -> str:
+    """The options from A up to the one at `index`, as "A. salt, B. wool" (the scan of `mc_completion`)."""
+    return ", ".join(f"{LETTERS[j]}. {choices[j]}" for j in range(index + 1))
 
-    Naming the option first splits the task into recall (the fact) and a copy (the letter in front of that
-    option in the prompt); answering with the bare letter asks a small model to do both in one token, and
-    the shipped model trained that way stayed at chance (docs/embedded.md).
+
+def mc_completion(choices: Sequence[str], answer: str) -> str:
+    """The trained answer to a multiple-choice prompt: the recalled option, a scan to it, then its letter.
+
+    ` wool. A. salt, B. wool. The answer is B.` Each step is a circuit small transformers learn early:
+    recall the fact; copy option lines in order (an induction copy); stop at the copy that repeats the
+    recalled text; copy the letter written a few tokens back. Answering with the bare letter (first shipped
+    model) or with the option then its letter (` wool. The answer is B.`, the second model's first 5,400 steps)
+    asks for a lookup from the option's text to the letter in front of it, which the models did not learn
+    (docs/embedded.md).
     """
-    return f" {choices[LETTERS.index(answer)]}. The answer is {answer}."
+    index = LETTERS.index(answer)
+    return f" {choices[index]}. {mc_scan(choices, index)}. The answer is {answer}."
 
 
 def mc_document(question: str, choices: Sequence[str], answer: str) -> str:
@@ -59,16 +68,17 @@ def mc_document(question: str, choices: Sequence[str], answer: str) -> str:
 
 
 def lookup_drill(choices: Sequence[str], rng) -> str:
-    """A training document that only practises the letter lookup of multiple choice, four times over.
+    """A training document that practises the option scan of `mc_completion` for all four options.
 
-    "Options:\nA. salt\nB. wool\nC. tin\nD. rice\nLookup: tin is C. salt is A. rice is D. wool is B."
-    In an MC document one token in ~90 is the letter; here one in ~5 is. The prefix differs from a question
-    ("Options:"/"Lookup:", not "Question:"/"Answer:"), so the drill never teaches a second answer after one.
+    "Options:\nA. salt\nB. wool\nC. tin\nD. rice\nFind tin: A. salt, B. wool, C. tin. It is C.\n..."
+    The prefix differs from a question ("Options:"/"Find", not "Question:"/"Answer:"), so the drill never
+    teaches a second answer after the first one.
     """
     lines = ["Options:"] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
     order = list(range(len(choices)))
     rng.shuffle(order)
-    return "\n".join(lines) + "\nLookup: " + " ".join(f"{choices[i]} is {LETTERS[i]}." for i in order)
+    lines += [f"Find {choices[i]}: {mc_scan(choices, i)}. It is {LETTERS[i]}." for i in order]
+    return "\n".join(lines)
 
 
 _BOXED = re.compile(r"\\boxed\{")
