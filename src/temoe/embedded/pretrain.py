@@ -14,8 +14,10 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, GptOssConfig, GptOssForCausalLM
 
@@ -64,6 +66,33 @@ class PretrainConfig:
     ends first (for shared CPUs whose speed is unknown in advance); the reached step count is logged."""
     threads: int | None = None
     """torch CPU threads (1 avoids OpenMP spin-waiting on an oversubscribed machine); None = torch default."""
+    init_from: str | None = None
+    """Continued pretraining: start from this HF directory (or `tiny`) and its tokenizer instead of a fresh
+    model; the optimizer, warmup and cosine start anew. The architecture fields above are then ignored."""
+    data_offset: int = 0
+    """Batch index = step + data_offset, so a continuation draws fresh batches after an earlier run's steps
+    (the corpus split depends on `seed` only, so the held-out test items stay held out)."""
+    shares: dict | None = None
+    """Mixture for the whole run (keys of `corpus.DEFAULT_SHARES`, optionally `drill`); overrides the
+    default / `drill_from_step` schedule."""
+    revive_dead_experts: bool = False
+    """Before training, give every expert that routes no token of a few batches a copy of its layer's
+    busiest expert (weights, router row with small noise; both copies' router bias lowered by log 2)."""
+    context_mask_fraction: float = 0.0
+    """Share of steps run under *context masks*: per layer and position only the k̂ experts with the
+    highest causal moving average of router probabilities may be routed (see `context_masks`)."""
+    context_mask_k_hats: tuple[int, ...] = (12, 16, 20)
+    """k̂ of a masked step, drawn uniformly from these."""
+    context_mask_decay: float = 0.95
+    """Decay of the causal moving average behind the context masks (0.95: ~20-token memory)."""
+    context_mask_segment_share: float = 0.5
+    """Share of masked steps whose masks are *segment* masks instead (`segment_masks`: the router's top-k̂ at
+    a segment's first position, held for a random segment length, as an untrained controller's options)."""
+    context_mask_segment_mean: float = 32.0
+    """Mean segment length (geometric) of segment masks, in tokens."""
+    context_mask_segment_sample: float = 0.0
+    """Share of segment-masked steps whose sets are Plackett–Luce draws (Gumbel-top-k̂ of the router logits at
+    the segment start) instead of the top-k̂, as a controller's sampled selections are."""
 
 
 def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
@@ -93,13 +122,13 @@ def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
 
 def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int,
                late_corpus: Corpus | None = None) -> torch.Tensor:
-    """Packed batch (B, S) of <|bos|> doc <|eos|> sequences; a pure function of (seed, step).
+    """Packed batch (B, S) of <|bos|> doc <|eos|> sequences; a pure function of (seed, step + data_offset).
 
     From `cfg.drill_from_step` on, documents come from `late_corpus` (the same corpus with DRILL_SHARES).
     """
     if late_corpus is not None and cfg.drill_from_step is not None and step >= cfg.drill_from_step:
         corpus = late_corpus
-    rng = random.Random(f"batch-{cfg.seed}-{step}")
+    rng = random.Random(f"batch-{cfg.seed}-{step + cfg.data_offset}")
     need = cfg.batch_size * cfg.seq_len
     ids: list[int] = []
     while len(ids) < need:
@@ -108,6 +137,123 @@ def make_batch(corpus: Corpus, tokenizer, cfg: PretrainConfig, step: int,
             ids.extend(enc)
             ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids[:need], dtype=torch.long).view(cfg.batch_size, cfg.seq_len)
+
+
+def context_masks(logits: torch.Tensor, k_hat: int, decay: float) -> torch.Tensor:
+    """Allowed experts (B, S, N) bool: per position the k̂ experts with the highest causal moving average
+    m_t = Σ_{s≤t} decay^(t−s) p_s / Σ_{s≤t} decay^(t−s) of the router probabilities p_s = softmax(logits_s).
+
+    Training part of the steps under these masks teaches the model what a large MoE has by redundancy and
+    specialisation: a context's recent experts suffice for its next tokens, as they must for a rarely
+    switching option (METHOD §2). Causal, so no later token leaks into an earlier position's mask.
+    """
+    B, S, N = logits.shape
+    t = torch.arange(S, device=logits.device, dtype=torch.float32)
+    lag = t[:, None] - t[None, :]
+    w = torch.where(lag >= 0, decay ** lag.clamp(min=0), torch.zeros((), device=logits.device))
+    w = w / w.sum(-1, keepdim=True)
+    avg = torch.einsum("ts,bsn->btn", w, logits.float().softmax(-1))
+    allowed = torch.zeros(B, S, N, dtype=torch.bool, device=logits.device)
+    return allowed.scatter_(-1, avg.topk(k_hat, dim=-1).indices, True)
+
+
+def segment_starts(batch: int, length: int, mean: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, S) index of the first position of each position's segment; boundaries are i.i.d. Bernoulli(1/mean)
+    per position (geometric segment lengths), position 0 always starts one."""
+    boundary = torch.rand(batch, length, generator=generator) < 1.0 / mean
+    boundary[:, 0] = True
+    idx = torch.arange(length).expand(batch, length)
+    return torch.where(boundary, idx, torch.zeros_like(idx)).cummax(dim=1).values
+
+
+def segment_masks(logits: torch.Tensor, k_hat: int, starts: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Allowed experts (B, S, N): at each position the router's top-k̂ at its segment's first position
+    (`starts` from `segment_starts`); causal, since a segment starts at or before every position in it.
+
+    With `generator`, each segment's set is a Plackett–Luce draw instead: the top-k̂ of the segment start's
+    logits plus Gumbel(0, 1) noise (one draw per segment start, shared by the segment's positions).
+    """
+    B, S, N = logits.shape
+    logits = logits.float()
+    if generator is not None:
+        noise = torch.empty(B, S, N).exponential_(generator=generator).clamp_min(1e-30).log().neg()
+        logits = logits + noise.to(logits.device)
+    first = logits.gather(1, starts.to(logits.device)[..., None].expand(B, S, N))
+    allowed = torch.zeros(B, S, N, dtype=torch.bool, device=logits.device)
+    return allowed.scatter_(-1, first.topk(k_hat, dim=-1).indices, True)
+
+
+class MaskPlan(NamedTuple):
+    """How one pretraining step is masked: k̂, kind ("ema" or "segment") and the segment starts (or None)."""
+
+    k_hat: int
+    kind: str
+    starts: torch.Tensor | None
+    noise_seed: int | None = None
+    """Seed of the Gumbel noise of sampled segment sets (None: top-k̂ sets)."""
+
+
+def masked_step_plan(cfg: PretrainConfig, step: int) -> MaskPlan | None:
+    """The context-mask plan of step `step`, or None for an unmasked step; a pure function of (seed, step)."""
+    if cfg.context_mask_fraction <= 0:
+        return None
+    rng = random.Random(f"mask-{cfg.seed}-{step + cfg.data_offset}")
+    masked = rng.random() < cfg.context_mask_fraction
+    k_hat = rng.choice(list(cfg.context_mask_k_hats))
+    segment = rng.random() < cfg.context_mask_segment_share
+    if not masked:
+        return None
+    if not segment:
+        return MaskPlan(k_hat, "ema", None)
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    starts = segment_starts(cfg.batch_size, cfg.seq_len, cfg.context_mask_segment_mean, gen)
+    if rng.random() < cfg.context_mask_segment_sample:
+        return MaskPlan(k_hat, "segment-sampled", starts, rng.randrange(2**31))
+    return MaskPlan(k_hat, "segment", starts)
+
+
+@torch.no_grad()
+def revive_dead_experts(model: GptOssForCausalLM, batches: list[torch.Tensor], noise: float = 0.01,
+                        seed: int = 0) -> list[tuple[int, int, int]]:
+    """Copy each layer's busiest expert into its experts that route no token of `batches`.
+
+    Returns (layer, dead expert, source expert) triples. The copy's router row gets Gaussian noise of std
+    `noise` × the row's RMS so the two copies can diverge; both biases drop by log 2, so when both are
+    routed their summed weight matches the source's alone.
+    """
+    from temoe.moe.wrap import wrap
+
+    handle = wrap(model)
+    counts = torch.zeros(handle.num_layers, handle.num_experts)
+    try:
+        with handle.trace() as trace:
+            for batch in batches:
+                model(input_ids=batch)
+        for i in range(handle.num_layers):
+            ids = trace.expert_ids(i).reshape(-1)
+            counts[i] += torch.bincount(ids.cpu(), minlength=handle.num_experts).float()
+    finally:
+        handle.unwrap()
+    gen = torch.Generator().manual_seed(seed)
+    revived = []
+    for i, layer in enumerate(model.model.layers):
+        dead = (counts[i] == 0).nonzero().flatten().tolist()
+        mlp = layer.mlp
+        for e in dead:
+            src = int(counts[i].argmax())
+            for name in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
+                param = getattr(mlp.experts, name)
+                param[e] = param[src]
+            row = mlp.router.weight[src]
+            jitter = torch.randn(row.shape, generator=gen).to(row) * noise * row.pow(2).mean().sqrt()
+            mlp.router.weight[e] = row + jitter
+            mlp.router.bias[src] -= math.log(2)
+            mlp.router.bias[e] = mlp.router.bias[src]
+            counts[i, src] /= 2
+            counts[i, e] = counts[i, src]
+            revived.append((i, e, src))
+    return revived
 
 
 def lr_at(step: int, cfg: PretrainConfig, elapsed_s: float = 0.0) -> float:
@@ -160,14 +306,26 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
         torch.set_num_threads(cfg.threads)
     corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
     late_corpus = None if cfg.drill_from_step is None else corpus.with_shares(DRILL_SHARES)
+    if cfg.shares is not None:
+        corpus, late_corpus = corpus.with_shares(cfg.shares), None
     tok_dir = out / "tokenizer"
-    # The tokenizer is a deterministic function of (seed, corpus, vocab size): reuse it when already trained.
-    if tok_dir.exists() and len(AutoTokenizer.from_pretrained(tok_dir)) == cfg.vocab_size:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    else:
-        tokenizer = train_tokenizer(corpus, cfg.vocab_size, task_docs=cfg.tokenizer_task_docs)
+    if cfg.init_from is not None:
+        from temoe.loading import resolve_model_path
+
+        src = resolve_model_path(cfg.init_from)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        model = GptOssForCausalLM.from_pretrained(src, dtype=torch.float32).to(cfg.device)
+        model.config.output_router_logits = True
+        model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
         tokenizer.save_pretrained(tok_dir)
-    model = GptOssForCausalLM(model_config(cfg, tokenizer)).to(cfg.device)
+    else:
+        # The tokenizer is a deterministic function of (seed, corpus, vocab size): reuse it when trained.
+        if tok_dir.exists() and len(AutoTokenizer.from_pretrained(tok_dir)) == cfg.vocab_size:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        else:
+            tokenizer = train_tokenizer(corpus, cfg.vocab_size, task_docs=cfg.tokenizer_task_docs)
+            tokenizer.save_pretrained(tok_dir)
+        model = GptOssForCausalLM(model_config(cfg, tokenizer)).to(cfg.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -184,6 +342,10 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
         step, elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)
         torch.set_rng_state(ckpt["torch_rng"])
         print(f"[temoe] resumed from {ckpt_path} at step {step}")
+    elif cfg.revive_dead_experts:
+        probe = [make_batch(corpus, tokenizer, cfg, -1 - j).to(cfg.device) for j in range(4)]
+        for layer, dead, src in revive_dead_experts(model, probe, seed=cfg.seed):
+            print(f"[temoe] revived dead expert {dead} of MoE layer {layer} as a copy of expert {src}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -203,6 +365,25 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
             ckpt_path,
         )
 
+    handle = None
+    if cfg.context_mask_fraction > 0:
+        from temoe.moe.wrap import wrap
+
+        handle = wrap(model)
+        routers = [model.model.layers[j].mlp.router for j in handle.layer_indices]
+        current: dict[str, MaskPlan] = {}
+
+        def mask_fn(i: int, hidden: torch.Tensor) -> torch.Tensor:
+            plan = current["plan"]
+            with torch.no_grad():
+                logits = F.linear(hidden, routers[i].weight, routers[i].bias)
+            if plan.kind == "segment":
+                return segment_masks(logits, plan.k_hat, plan.starts)
+            if plan.kind == "segment-sampled":
+                gen = torch.Generator().manual_seed(plan.noise_seed + i)
+                return segment_masks(logits, plan.k_hat, plan.starts, gen)
+            return context_masks(logits, plan.k_hat, cfg.context_mask_decay)
+
     model.train()
     last: dict = {}
     t0 = time.time() - elapsed
@@ -213,7 +394,13 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
             lr = lr_at(step, cfg, elapsed)
             for group in opt.param_groups:
                 group["lr"] = lr
-            outputs = model(input_ids=batch, labels=batch)
+            plan = masked_step_plan(cfg, step) if handle is not None else None
+            if plan is None:
+                outputs = model(input_ids=batch, labels=batch)
+            else:
+                current["plan"] = plan
+                with handle.restrict(mask_fn):
+                    outputs = model(input_ids=batch, labels=batch)
             opt.zero_grad(set_to_none=True)
             outputs.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -223,13 +410,15 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
             bar.update(1)
             done = step == cfg.steps or (cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s)
             if step % cfg.log_every == 0 or done:
-                aux = float(outputs.aux_loss)
+                aux = float(outputs.aux_loss.detach())
                 last = {
                     "step": step,
                     "tokens": step * cfg.batch_size * cfg.seq_len,
                     "loss/total": float(outputs.loss),
                     "loss/lm": float(outputs.loss) - cfg.router_aux_loss_coef * aux,
                     "loss/router_aux": aux,
+                    "masked_k_hat": None if plan is None else plan.k_hat,
+                    "mask_kind": None if plan is None else plan.kind,
                     "grad_norm": float(grad_norm),
                     "lr": lr,
                     "elapsed_s": round(elapsed, 1),
@@ -243,6 +432,8 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
             if step % cfg.export_every == 0 or done:
                 export(model, tokenizer, out / "export")
     bar.close()
+    if handle is not None:
+        handle.unwrap()
     if export_path is not None:
         export(model, tokenizer, export_path)
     return last
