@@ -90,9 +90,19 @@ class LayerController(nn.Module):
         z = self.set_encoder(ids)
         return torch.cat([self.h_norm(h), self.z_norm(z)], dim=-1)
 
-    def termination_logit(self, h: Tensor, option_prev: Tensor) -> Tensor:
-        """h (..., H), ω_{t-1} ids (..., K) -> logit of β_t (...)."""
-        return self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
+    def termination_logit(self, h: Tensor, option_prev: Tensor, z_normed: Tensor | None = None) -> Tensor:
+        """h (..., H), ω_{t-1} ids (..., K) -> logit of β_t (...).
+
+        z_normed: RMSNorm(z(ω_{t-1})) when the caller already has it (`option_embedding`), e.g. an online
+        rollout whose option did not change since the last token; the result is identical.
+        """
+        if z_normed is None:
+            return self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
+        return self.termination(torch.cat([self.h_norm(h.float()), z_normed], dim=-1)).squeeze(-1)
+
+    def option_embedding(self, option: Tensor) -> Tensor:
+        """RMSNorm(z(ω)) for ids (..., K) -> (..., D), the option half of the β and Q inputs."""
+        return self.z_norm(self.set_encoder(option))
 
     def option_value(self, h: Tensor, option: Tensor) -> Tensor:
         """Q_Ω(h, ω): h (..., H), ids (..., K) -> (...)."""

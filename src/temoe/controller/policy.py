@@ -115,6 +115,11 @@ class OptionState:
         self.positions = [0] * L  # forward positions seen per layer (indexes prompt_mask)
         self._pending: list[tuple[Tensor | None, Tensor] | None] = [None] * L  # default mode: (h_0, ω_0)
         self._columns: list[list[dict[str, Any]]] = [[] for _ in range(L)]
+        # Online caches per layer, valid while the option tensor object is unchanged (no row switched):
+        # (option, RMSNorm(z(option))) and (option, its (B, N) mask).
+        self._z_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
+        self._mask_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
+        self._all_started = [False] * L
 
     def mark_done(self, done: Tensor) -> None:
         """Rows (B,) bool that finished (emitted EOS): later positions are invalid and never switch."""
@@ -139,6 +144,7 @@ class OptionState:
                                          beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0))
             self.option[i] = omega0
             self.started[i] = valid.clone()
+            self._all_started[i] = bool(valid.all())
         self.controlled = True
 
     @property
@@ -291,6 +297,9 @@ class OptionController(nn.Module):
                 return self._controlled_call(i, hidden, state, router_logits)
             return self._prompt_call(i, hidden, state, router_logits)
 
+        # Every row of every mask this returns allows exactly k̂ (or all N) experts, so the handle may skip
+        # its per-call count check (a host sync per layer and token).
+        fn.temoe_counts_checked = True
         return fn
 
     def _prompt_call(self, i: int, hidden: Tensor, state: OptionState,
@@ -326,7 +335,10 @@ class OptionController(nn.Module):
             init_rows, decide_rows = valid & ~started, valid & started
             option_prev = state.option[i]
 
-            beta = torch.sigmoid(layer.termination_logit(h, option_prev))  # (B,)
+            cached = state._z_cache[i]
+            if cached is None or cached[0] is not option_prev:
+                cached = state._z_cache[i] = (option_prev, layer.option_embedding(option_prev))
+            beta = torch.sigmoid(layer.termination_logit(h, option_prev, z_normed=cached[1]))  # (B,)
             if state.mode == "sample":
                 d = torch.bernoulli(beta, generator=state.generator).bool()
             else:
@@ -336,7 +348,8 @@ class OptionController(nn.Module):
             # learnt to keep its options) the selection head, the draw and its log-prob are skipped and the
             # record holds selected = ω_{t-1}, log-prob 0 (neither is read where d_t = 0). On an accelerator
             # the check would be a device sync per layer and token, so the selection always runs there.
-            if device.type == "cpu" and not state.control_prompt and not bool(d.any()):
+            unchanged = device.type == "cpu" and not state.control_prompt and not bool(d.any())
+            if unchanged:
                 selected, log_prob = option_prev, torch.zeros_like(beta)
             else:
                 logits = layer.selection_logits(h)  # (B, N)
@@ -345,7 +358,8 @@ class OptionController(nn.Module):
                 else:
                     selected = logits.topk(K, dim=-1).indices
                 log_prob = selection_log_prob(logits, selected, self.config.epsilon)
-            option = torch.where(d[:, None], selected, option_prev)
+            # Keeping the same tensor object when nothing switched lets the caches above recognise it.
+            option = option_prev if unchanged else torch.where(d[:, None], selected, option_prev)
             # Only control_prompt=True starts rows inside controlled calls; skipping the check otherwise
             # avoids a device sync per layer and token.
             if state.control_prompt and bool(init_rows.any()):
@@ -361,8 +375,14 @@ class OptionController(nn.Module):
             state._columns[i].append(dict(option=option, selected=selected, decision=d, beta=beta,
                                           log_prob=log_prob, valid=valid, initial=init_rows,
                                           hidden=h.clone() if state.record_hidden else None))
-            mask = indices_to_mask(option, self.num_experts)
-            masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
+            if not state._all_started[i]:
+                mask = indices_to_mask(option, self.num_experts)
+                masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
+            else:  # every row started at begin_generation() (finished rows keep their last option)
+                cached_mask = state._mask_cache[i]
+                if cached_mask is None or cached_mask[0] is not option:
+                    cached_mask = state._mask_cache[i] = (option, indices_to_mask(option, self.num_experts))
+                masks.append(cached_mask[1])
         return torch.stack(masks, dim=1)
 
     def replay(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor,
