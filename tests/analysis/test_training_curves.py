@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 
-from temoe.analysis.training_curves import plot_training, running_mean_band
+import pytest
+
+from temoe.analysis.training_curves import paired_gain, plot_paired_gain, plot_training, running_mean_band
 
 
 def test_running_mean_band_by_hand():
@@ -48,3 +50,35 @@ def test_plot_training_writes_four_pngs_for_two_runs(tmp_path):
         "repeat_ppl.png",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def _write_run(path, rewards, eta=0.02):
+    path.mkdir()
+    (path / "config.yaml").write_text(f"eta: {eta}\nk_hat: 16\n")
+    with (path / "metrics.jsonl").open("w") as f:
+        for s, r in enumerate(rewards, start=1):
+            f.write(json.dumps({"step": s, "rollout/reward": r}) + "\n")
+
+
+def test_paired_gain_removes_the_shared_prompt_mix(tmp_path):
+    rng = np.random.default_rng(1)
+    prompt_mix = rng.normal(0, 0.3, size=40)  # same prompts per step in both runs: large shared noise
+    _write_run(tmp_path / "frozen", -0.5 + prompt_mix, eta=0.0)
+    _write_run(tmp_path / "trained", -0.5 + prompt_mix + np.linspace(0, 0.2, 40) + rng.normal(0, 0.01, 40))
+    gain = paired_gain(tmp_path / "trained", tmp_path / "frozen", windows=4)
+    assert gain["steps"] == list(range(1, 41))
+    means = [w["mean"] for w in gain["windows"]]
+    assert means == sorted(means) and means[-1] > 0.15 and abs(means[0]) < 0.05
+    assert [w["steps"] for w in gain["windows"]] == [[1, 10], [11, 20], [21, 30], [31, 40]]
+    for w in gain["windows"]:
+        assert w["ci"][0] <= w["mean"] <= w["ci"][1] and w["ci"][1] - w["ci"][0] < 0.05
+    path = plot_paired_gain([tmp_path / "trained"], tmp_path / "frozen", tmp_path / "fig")
+    assert path.name == "reward_gain.png" and path.stat().st_size > 1000
+
+
+def test_paired_gain_needs_shared_steps(tmp_path):
+    _write_run(tmp_path / "a", [-0.1, -0.2])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"step": 7, "rollout/reward": -0.3}) + "\n")
+    with pytest.raises(ValueError, match="share no logged step"):
+        paired_gain(tmp_path / "a", tmp_path / "b")

@@ -36,6 +36,10 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert "| Controller (η = 0.02) |" in report and "Base-model switch rate" in report
     assert (run / "survey.json").exists() and (run / "train" / "eta0.02" / "DONE").exists()
     assert list((run / "figures").glob("activations_controller_eta0.02_k4_layer*.png"))
+    # The frozen same-seed run: identical parameters at step 1, so the paired reward gain starts at exactly 0.
+    gain = json.loads((run / "reward_gain.json").read_text())
+    assert gain["η = 0.02"][0]["steps"][0] == 1 and gain["η = 0.02"][0]["mean"] == 0.0
+    assert (run / "figures" / "reward_gain.png").exists() and "Reward gain over a frozen controller" in report
     stamp = (run / "eval" / "base-mmlu.json").stat().st_mtime_ns
     again = run_demo(cfg)  # every stage is cached: nothing is recomputed
     assert (run / "eval" / "base-mmlu.json").stat().st_mtime_ns == stamp

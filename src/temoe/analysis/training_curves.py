@@ -2,6 +2,11 @@
 
 Each panel: a thin raw per-step line, a thick running mean over 20 steps, and a bootstrap 95% band (1000
 resamples of the same 20-step window, 2.5/97.5 percentiles), one colour per run (labelled by η and k̂).
+
+`paired_gain` / `plot_paired_gain`: the reward of a run minus the reward of a *frozen* run with the same seed
+(`lr_controller=0 update_policy=false`). Runs with one seed draw the same prompts at every step, so the
+difference removes the prompt mix, which dominates a small run's per-step reward; what remains is what the
+training changed.
 """
 
 from __future__ import annotations
@@ -62,6 +67,71 @@ def running_mean_band(
     return mean, lo, hi
 
 
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (is it a `temoe train` run directory?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_gain(run_dir: str | Path, baseline_dir: str | Path, key: str = "rollout/reward",
+                windows: int = 4, resamples: int = 1000, seed: int = 0) -> dict:
+    """Per-step `key` of a run minus a same-seed baseline run, over the steps both logged.
+
+    Returns {"steps", "diff", "windows": [{"steps": [first, last], "mean", "ci": [lo, hi]}]}: the steps split
+    into `windows` equal consecutive windows, each with its mean difference and a bootstrap 95% interval.
+    """
+    run = {r["step"]: r.get(key) for r in _records(Path(run_dir))}
+    base = {r["step"]: r.get(key) for r in _records(Path(baseline_dir))}
+    steps = sorted(s for s in run if s in base and run[s] is not None and base[s] is not None)
+    if not steps:
+        raise ValueError(f"{run_dir} and {baseline_dir} share no logged step with {key!r}")
+    diff = np.array([run[s] - base[s] for s in steps], dtype=float)
+    rng = np.random.default_rng(seed)
+    out = []
+    for chunk in np.array_split(np.arange(len(steps)), min(windows, len(steps))):
+        vals = diff[chunk]
+        vals = vals[np.isfinite(vals)]
+        boot = rng.choice(vals, size=(resamples, len(vals)), replace=True).mean(axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        out.append({"steps": [steps[chunk[0]], steps[chunk[-1]]], "mean": float(vals.mean()),
+                    "ci": [float(lo), float(hi)]})
+    return {"steps": steps, "diff": diff.tolist(), "windows": out}
+
+
+def plot_paired_gain(run_dirs: Sequence[str | Path], baseline_dir: str | Path, out_dir: str | Path,
+                     window: int = 20) -> Path:
+    """`reward_gain.png`: each run's reward minus the frozen baseline's, running mean with bootstrap band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for c, d in enumerate(run_dirs):
+        gain = paired_gain(d, baseline_dir)
+        steps, diff = np.array(gain["steps"], dtype=float), np.array(gain["diff"])
+        mean, lo, hi = running_mean_band(diff, window)
+        colour = colours[c % len(colours)]
+        ax.plot(steps, diff, color=colour, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, mean, color=colour, linewidth=2.0, label=_label(Path(d)))
+        ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_title(f"Reward minus frozen controller ({_label(Path(baseline_dir))}, same prompts)")
+    ax.set_xlabel("Training step")
+    ax.set_ylabel("Δ reward (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "reward_gain.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _label(run_dir: Path) -> str:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
@@ -80,13 +150,7 @@ def plot_training(
     import matplotlib.pyplot as plt
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
-    runs = []
-    for d in dirs:
-        path = d / "metrics.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"no metrics.jsonl in {d} (is it a `temoe train` run directory?)")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        runs.append((_label(d), records))
+    runs = [(_label(d), _records(d)) for d in dirs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

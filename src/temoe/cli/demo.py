@@ -57,6 +57,10 @@ class DemoConfig:
     """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `TrainConfig` key=value overrides."""
+    frozen_baseline: bool = True
+    """Also roll out a frozen controller (same seed, η of the first run, `lr_controller=0
+    update_policy=false`) and report each run's reward minus it (`reward_gain.json`, `figures/reward_gain.png`):
+    same prompts per step, so the difference shows what training changed without the prompt mix."""
     checkpoints: dict[float, str] = field(default_factory=dict)
     """Use these existing checkpoints (η -> dir) instead of training."""
     survey_per_category: int = 20
@@ -128,15 +132,18 @@ def stage_survey(cfg: DemoConfig, handle, tokenizer) -> dict:
     return out
 
 
-def stage_train(cfg: DemoConfig, eta: float) -> Path:
-    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run)."""
-    if eta in cfg.checkpoints:
+def stage_train(cfg: DemoConfig, eta: float, frozen: bool = False) -> Path:
+    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run).
+
+    frozen: the same-seed run with no learning (`lr_controller=0`, `update_policy=false`) in `train/frozen`.
+    """
+    if eta in cfg.checkpoints and not frozen:
         return Path(cfg.checkpoints[eta])
     from temoe.train.checkpoint import resolve_checkpoint
     from temoe.train.config import load_config, shipped_configs
     from temoe.train.trainer import train
 
-    run_dir = Path(cfg.out) / "train" / f"eta{eta:g}"
+    run_dir = Path(cfg.out) / "train" / ("frozen" if frozen else f"eta{eta:g}")
     done = run_dir / "DONE"
     if done.exists():
         return Path(done.read_text().strip())
@@ -144,6 +151,8 @@ def stage_train(cfg: DemoConfig, eta: float) -> Path:
     overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model, "k_hat": cfg.k_hat,
                  "eta": eta, "out_dir": str(run_dir), "seed": cfg.seed, "progress": cfg.progress,
                  **({} if cfg.train_steps is None else {"steps": cfg.train_steps}), **cfg.train_overrides}
+    if frozen:
+        overrides.update(lr_controller=0.0, update_policy=False)
     if cfg.prompts is not None:
         overrides.setdefault("prompts", cfg.prompts)
     resume = (run_dir / "checkpoints" / "latest").exists()
@@ -237,7 +246,33 @@ def run_demo(cfg: DemoConfig) -> dict:
     runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
     report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
                           tasks=list(cfg.tasks), runs=runs, preamble="\n".join(pre))
+    if checkpoints and cfg.frozen_baseline and not cfg.checkpoints:
+        _reward_gain(cfg, out, runs, stage_train(cfg, cfg.etas[0], frozen=True).parent, report)
     return {"report": report, "summary": rows, "survey": survey, "seconds": time.perf_counter() - start}
+
+
+def _reward_gain(cfg: DemoConfig, out: Path, runs: dict[str, Path], frozen_ckpt: Path, report: Path) -> None:
+    """reward_gain.json + figures/reward_gain.png + a report section: each run's reward minus the frozen run's."""
+    from temoe.analysis.training_curves import paired_gain, plot_paired_gain
+
+    frozen_dir = out / "train" / "frozen"
+    gains = {label: paired_gain(d, frozen_dir) for label, d in runs.items()}
+    (out / "reward_gain.json").write_text(json.dumps(
+        {label: g["windows"] for label, g in gains.items()}, indent=2, ensure_ascii=False) + "\n")
+    figure = plot_paired_gain(list(runs.values()), frozen_dir, out / "figures")
+    lines = ["", "## Reward gain over a frozen controller", "",
+             f"Reward (neg. KL/token) of each run minus that of a same-seed run that does not learn "
+             f"(`lr_controller=0 update_policy=false`, η = {cfg.etas[0]:g}): both draw the same prompts at every "
+             f"step, so the prompt mix cancels. Mean over consecutive windows, bootstrap 95% interval.", "",
+             "| run | " + " | ".join(f"steps {w['steps'][0]}-{w['steps'][1]}"
+                                    for w in next(iter(gains.values()))["windows"]) + " |",
+             "|---|" + "---:|" * len(next(iter(gains.values()))["windows"])]
+    for label, g in gains.items():
+        cells = [f"{w['mean']:+.3f} [{w['ci'][0]:+.3f}, {w['ci'][1]:+.3f}]" for w in g["windows"]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"![reward gain]({figure.relative_to(out)})", ""]
+    with report.open("a") as f:
+        f.write("\n".join(lines))
 
 
 def register(sub) -> None:

@@ -22,6 +22,9 @@ def register(sub) -> None:
     train.add_argument("run_dirs", type=Path, nargs="+", help="`temoe train` run dirs, one colour each")
     train.add_argument("--window", type=int, default=20, help="running-mean window in steps")
     train.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
+    train.add_argument("--baseline", type=Path, default=None,
+                       help="a frozen same-seed run (lr_controller=0 update_policy=false): also draw each run's "
+                            "reward minus its reward (reward_gain.png) and print windowed means with 95%% CIs")
     train.set_defaults(func=run_training)
 
 
@@ -49,4 +52,13 @@ def run_training(args: argparse.Namespace) -> int:
         ) from None
     for path in plot_training(args.run_dirs, args.out, window=args.window):
         print(path)
+    if args.baseline is not None:
+        from temoe.analysis.training_curves import paired_gain, plot_paired_gain
+
+        print(plot_paired_gain(args.run_dirs, args.baseline, args.out, window=args.window))
+        for d in args.run_dirs:
+            for w in paired_gain(d, args.baseline)["windows"]:
+                lo, hi = w["ci"]
+                print(f"{d}: steps {w['steps'][0]}-{w['steps'][1]}: reward gain {w['mean']:+.4f} "
+                      f"[{lo:+.4f}, {hi:+.4f}]")
     return 0
