@@ -123,6 +123,10 @@ def test_revive_dead_experts_copies_the_busiest_expert():
     assert float(mlp.router.bias[3].detach()) == pytest.approx(float(mlp.router.bias[src].detach()))
     assert not torch.equal(mlp.router.weight[3], mlp.router.weight[src])  # jittered
     assert revive_dead_experts(model, batches) == []  # nothing dead any more
+    # min_share: experts under that fraction of the uniform share count as dead too. Routing over a few
+    # batches is never exactly uniform, so with min_share = 1 some expert is below its share.
+    assert revive_dead_experts(model, batches, min_share=0.0) == []
+    assert revive_dead_experts(model, batches, min_share=1.0)
 
 
 def test_pretrain_init_from_with_context_masks(tmp_path):

@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--router-aux-loss-coef", type=float, default=None)
     p.add_argument("--revive-dead-experts", action="store_true",
                    help="copy each layer's busiest expert into experts that route nothing before training")
+    p.add_argument("--revive-min-share", type=float, default=None,
+                   help="with --revive-dead-experts: also revive experts below this fraction of the uniform share")
     p.add_argument("--context-mask-fraction", type=float, default=None,
                    help="share of steps trained under causal context masks of k̂ experts (docs/embedded.md)")
     p.add_argument("--context-mask-segment-share", type=float, default=None,
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = dict(_SIZES[args.size])
     for key in ("steps", "lr", "batch_size", "seq_len", "init_from", "data_offset", "router_aux_loss_coef",
-                "context_mask_fraction", "context_mask_segment_share", "context_mask_segment_sample"):
+                "context_mask_fraction", "revive_min_share", "context_mask_segment_share", "context_mask_segment_sample"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.revive_dead_experts:

@@ -78,6 +78,8 @@ class PretrainConfig:
     revive_dead_experts: bool = False
     """Before training, give every expert that routes no token of a few batches a copy of its layer's
     busiest expert (weights, router row with small noise; both copies' router bias lowered by log 2)."""
+    revive_min_share: float = 0.0
+    """With `revive_dead_experts`: also revive experts below this fraction of the uniform routing share."""
     context_mask_fraction: float = 0.0
     """Share of steps run under *context masks*: per layer and position only the k̂ experts with the
     highest causal moving average of router probabilities may be routed (see `context_masks`)."""
@@ -215,8 +217,9 @@ def masked_step_plan(cfg: PretrainConfig, step: int) -> MaskPlan | None:
 
 @torch.no_grad()
 def revive_dead_experts(model: GptOssForCausalLM, batches: list[torch.Tensor], noise: float = 0.01,
-                        seed: int = 0) -> list[tuple[int, int, int]]:
-    """Copy each layer's busiest expert into its experts that route no token of `batches`.
+                        seed: int = 0, min_share: float = 0.0) -> list[tuple[int, int, int]]:
+    """Copy each layer's busiest expert into its experts that route no token of `batches` (or, with
+    `min_share` > 0, fewer than `min_share` × the uniform share N⁻¹ of the layer's routings).
 
     Returns (layer, dead expert, source expert) triples. The copy's router row gets Gaussian noise of std
     `noise` × the row's RMS so the two copies can diverge; both biases drop by log 2, so when both are
@@ -238,7 +241,8 @@ def revive_dead_experts(model: GptOssForCausalLM, batches: list[torch.Tensor], n
     gen = torch.Generator().manual_seed(seed)
     revived = []
     for i, layer in enumerate(model.model.layers):
-        dead = (counts[i] == 0).nonzero().flatten().tolist()
+        floor = min_share * float(counts[i].sum()) / handle.num_experts
+        dead = (counts[i] <= floor).nonzero().flatten().tolist()
         mlp = layer.mlp
         for e in dead:
             src = int(counts[i].argmax())
@@ -344,7 +348,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
         print(f"[temoe] resumed from {ckpt_path} at step {step}")
     elif cfg.revive_dead_experts:
         probe = [make_batch(corpus, tokenizer, cfg, -1 - j).to(cfg.device) for j in range(4)]
-        for layer, dead, src in revive_dead_experts(model, probe, seed=cfg.seed):
+        for layer, dead, src in revive_dead_experts(model, probe, seed=cfg.seed, min_share=cfg.revive_min_share):
             print(f"[temoe] revived dead expert {dead} of MoE layer {layer} as a copy of expert {src}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     n_params = sum(p.numel() for p in model.parameters())
