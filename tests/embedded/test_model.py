@@ -59,10 +59,11 @@ def test_generates(loaded):
     [
         # Exact-match chance for a 1-3 digit answer is about 1 %; the shipped model gets 100 % of the full set.
         ("math", "math_test", 0.80),
-        # 40 items: chance 0.25 has std 0.068, so 0.40 is more than two standard deviations above it.
-        ("mc", "mc_test", 0.40),
-        # 100 items (20 per language): chance 0.25 has std 0.043, so 0.35 is more than two std above it.
-        ("mc_multilingual", "mc_multilingual_test", 0.35),
+        # The issue's bars (MC 60 %, multilingual 50 %) on slices; the full sets measure 90.9 % and 90.0 %.
+        # 40 items: chance 0.25 has std 0.068, so 0.60 is five standard deviations above it.
+        ("mc", "mc_test", 0.60),
+        # 100 items (20 per language): chance 0.25 has std 0.043, so 0.50 is almost six std above it.
+        ("mc_multilingual", "mc_multilingual_test", 0.50),
     ],
 )
 def test_beats_chance_on_a_slice(loaded, task, name, threshold):
@@ -77,3 +78,38 @@ def test_beats_chance_on_a_slice(loaded, task, name, threshold):
     grade = tasks.grade_math if task == "math" else tasks.grade_mc
     acc = sum(grade(c, it["answer"]) for c, it in zip(completions, items)) / len(items)
     assert acc >= threshold, f"{task}: accuracy {acc:.2f} on {len(items)} items"
+
+
+def test_an_answer_fits_in_sixteen_experts(loaded):
+    """The property a temporally extended MoE needs (docs/embedded.md, continued pretraining): for each answer
+    some 16 of the 32 experts per layer serve it. Here: the 16 experts each answer's own base routing used
+    most, fixed for the whole answer, keep most of the math accuracy (the second model scored 0 % this way)."""
+    from temoe.eval.masks import BaseSource, MaskSource
+    from temoe.eval.runner import GenerationConfig, evaluate
+    from temoe.eval.tasks import load_task
+
+    model, tokenizer = loaded
+    handle = temoe.wrap(model)
+    try:
+        task = load_task("math", limit=20)
+        cfg = GenerationConfig(max_new_tokens=64, temperature=0.0, batch_size=20)
+        base, records = evaluate(handle, tokenizer, task, BaseSource(16), cfg)
+        masks = torch.zeros(len(records), handle.num_layers, handle.num_experts, dtype=torch.bool)
+        for j, rec in enumerate(records):
+            counts = torch.zeros(handle.num_layers, handle.num_experts)
+            for position in rec["active_experts"]:
+                for layer, ids in enumerate(position):
+                    counts[layer, ids] += 1
+            masks[j].scatter_(1, counts.topk(16, dim=-1).indices, True)
+
+        class PerAnswer(MaskSource):
+            name, k_hat = "oracle", 16
+
+            def start(self, batch_size):
+                return masks[:batch_size]
+
+        restricted, _ = evaluate(handle, tokenizer, task, PerAnswer(), cfg)
+    finally:
+        handle.unwrap()
+    assert base["accuracy"] >= 0.9
+    assert restricted["accuracy"] >= 0.7, f"per-answer top-16 experts: accuracy {restricted['accuracy']:.2f}"
