@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     import temoe
+    from temoe.controller.policy import router_logits_from_handle
     from temoe.eval.masks import BaseSource, MaskSource, StaticMaskSource
     from temoe.eval.runner import GenerationConfig, evaluate
     from temoe.eval.tasks import load_task
@@ -72,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     if not handle.top_k <= k_hat <= N:
         raise SystemExit(f"--k-hat must be in [{handle.top_k}, {N}], got {k_hat}")
 
+    router_logits = router_logits_from_handle(handle)  # the controller's own ω_0 computation
+
     def router_top(i: int, hidden: torch.Tensor) -> torch.Tensor:
         """(B, N) bool: the router's top-k̂ for hidden (B, H)."""
-        bias = handle.router_bias(i)
-        logits = torch.nn.functional.linear(hidden.float(), handle.router_weight(i).float(),
-                                            None if bias is None else bias.float())
-        return torch.zeros(hidden.shape[0], N, dtype=torch.bool).scatter_(1, logits.topk(k_hat, -1).indices, True)
+        ids = router_logits(i, hidden).topk(k_hat, -1).indices
+        return torch.zeros(hidden.shape[0], N, dtype=torch.bool).scatter_(1, ids, True)
 
     class PerSequence(MaskSource):
         """A given (B, L, N) mask per question, in task order."""
@@ -92,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
         def sequence_switches(self, b, rows, router_logits, expert_ids):
             return (None, None) if rows.numel() < 2 else (0.0, 0)  # one fixed mask per answer
-
-    def router_probs(i: int, hidden: torch.Tensor) -> torch.Tensor:
-        bias = handle.router_bias(i)
-        return torch.nn.functional.linear(hidden.float(), handle.router_weight(i).float(),
-                                          None if bias is None else bias.float()).softmax(-1)
 
     class Periodic(MaskSource):
         """Router top-k̂ at the last prompt position, re-chosen every `period` generated tokens (None: never).
@@ -123,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 if self.decay is None:
                     return router_top(i, hidden[:, -1])
                 for s in range(hidden.shape[1]):  # prompt: left padding only adds a constant start
-                    probs = router_probs(i, hidden[:, s])
+                    probs = router_logits(i, hidden[:, s]).softmax(-1)
                     prev = self.avg[i]
                     self.avg[i] = probs if prev is None else self.decay * prev + (1 - self.decay) * probs
                 ids = self.avg[i].topk(k_hat, -1).indices
