@@ -16,6 +16,7 @@ from temoe.embedded.pretrain import (
     PretrainConfig,
     context_masks,
     masked_step_plan,
+    pretrain,
     revive_dead_experts,
     segment_masks,
     segment_starts,
@@ -148,3 +149,19 @@ def test_pretrain_init_from_with_context_masks(tmp_path):
 def test_pretrain_rejects_bad_shares(tmp_path):
     proc = _pretrain("--out", str(tmp_path / "x"), "--steps", "1", "--shares", "math=0.5,poetry=0.5")
     assert proc.returncode != 0 and "poetry" in proc.stderr
+
+
+def test_bad_continued_pretraining_settings_fail_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="context_mask_fraction must be in"):
+        PretrainConfig(context_mask_fraction=1.5)
+    with pytest.raises(ValueError, match="context_mask_decay"):
+        PretrainConfig(context_mask_decay=1.0)
+    other = tmp_path / "mixtral"
+    tiny_model("mixtral", seed=0).save_pretrained(other)
+    out = tmp_path / "run"
+    proc = _pretrain("--out", str(out), "--steps", "1", "--init-from", str(other))
+    assert proc.returncode != 0 and "'mixtral' model" in proc.stderr
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"k̂ values \[40\] are outside \[k̃, N\] = \[4, 32\]"):
+        pretrain(out, PretrainConfig(context_mask_fraction=0.5, context_mask_k_hats=(16, 40)))
+    assert not out.exists()

@@ -96,6 +96,42 @@ class PretrainConfig:
     """Share of segment-masked steps whose sets are Plackett–Luce draws (Gumbel-top-k̂ of the router logits at
     the segment start) instead of the top-k̂, as a controller's sampled selections are."""
 
+    def __post_init__(self) -> None:
+        for key in ("context_mask_fraction", "context_mask_segment_share", "context_mask_segment_sample"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"PretrainConfig.{key} must be in [0, 1], got {getattr(self, key)}")
+        if not 0.0 <= self.context_mask_decay < 1.0:
+            raise ValueError(f"PretrainConfig.context_mask_decay must be in [0, 1), got {self.context_mask_decay}")
+        if self.context_mask_segment_mean < 1.0:
+            raise ValueError(f"PretrainConfig.context_mask_segment_mean must be >= 1 token, "
+                             f"got {self.context_mask_segment_mean}")
+        if self.revive_min_share < 0.0:
+            raise ValueError(f"PretrainConfig.revive_min_share must be >= 0, got {self.revive_min_share}")
+        if self.data_offset < 0:
+            raise ValueError(f"PretrainConfig.data_offset must be >= 0, got {self.data_offset}")
+        if self.context_mask_fraction > 0 and not self.context_mask_k_hats:
+            raise ValueError("PretrainConfig.context_mask_k_hats is empty; give at least one k̂")
+
+
+def _check_init_from(cfg: PretrainConfig) -> None:
+    """Fail before anything is written when `init_from` is not a gpt-oss model or a k̂ does not fit it."""
+    from transformers import AutoConfig
+
+    from temoe.loading import resolve_model_path
+
+    src = cfg.init_from
+    num_experts, top_k = cfg.num_experts, cfg.top_k
+    if src is not None:
+        config = AutoConfig.from_pretrained(resolve_model_path(src))
+        if config.model_type != "gpt_oss":
+            raise ValueError(f"--init-from {src!r} is a {config.model_type!r} model; continued pretraining of the "
+                             f"embedded model supports gpt_oss only")
+        num_experts, top_k = config.num_local_experts, config.num_experts_per_tok
+    if cfg.context_mask_fraction > 0:
+        bad = [k for k in cfg.context_mask_k_hats if not top_k <= k <= num_experts]
+        if bad:
+            raise ValueError(f"context-mask k̂ values {bad} are outside [k̃, N] = [{top_k}, {num_experts}]")
+
 
 def model_config(cfg: PretrainConfig, tokenizer) -> GptOssConfig:
     """The gpt-oss configuration of the embedded model (paper-like routing: 32 experts, top-4)."""
@@ -304,6 +340,7 @@ def export(model: GptOssForCausalLM, tokenizer, path: Path) -> None:
 
 def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: Path | None = None) -> dict:
     """Run (or resume) pretraining in `out`; returns the last logged metrics."""
+    _check_init_from(cfg)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.threads is not None:
