@@ -15,6 +15,8 @@ need no controller, all through the shared masked-routing path (`MoEHandle.restr
                   ≈ 1/P per layer: a fixed-schedule option policy with no learning)
   *-ema           the same, choosing the top-k̂ of a moving average of router probabilities (decay --decay,
                   over the prompt and every generated token) instead of one token's router logits
+                  (--ema-space logits: a moving average of router logits, which is the router applied to a
+                  moving average of hidden states)
   task_frequency  one static mask per layer: the k̂ experts most used over the task's base completions (the
                   frequency baseline calibrated on the test task itself, an optimistic version of it)
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=40, help="questions per task (seed 42 sample)")
     p.add_argument("--periods", default="8,32", help="periods P of the periodic policies")
     p.add_argument("--decay", type=float, default=0.9, help="moving-average decay of the -ema policies")
+    p.add_argument("--ema-space", choices=["probs", "logits"], default="probs",
+                   help="average router probabilities (default) or router logits, i.e. the router applied to "
+                        "a moving average of hidden states, which a linear selection head can compute")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 if self.decay is None:
                     return router_top(i, hidden[:, -1])
                 for s in range(hidden.shape[1]):  # prompt: left padding only adds a constant start
-                    probs = router_logits(i, hidden[:, s]).softmax(-1)
+                    probs = router_logits(i, hidden[:, s])
+                    probs = probs.softmax(-1) if args.ema_space == "probs" else probs
                     prev = self.avg[i]
                     self.avg[i] = probs if prev is None else self.decay * prev + (1 - self.decay) * probs
                 ids = self.avg[i].topk(k_hat, -1).indices

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-
 import pytest
 
 from temoe.analysis.training_curves import paired_gain, plot_paired_gain, plot_training, running_mean_band

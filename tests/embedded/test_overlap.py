@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from temoe.embedded import load_jsonl, math_problems, multiple_choice
-from temoe.embedded import tasks
+from temoe.embedded import load_jsonl, math_problems, multiple_choice, tasks
 from temoe.embedded.corpus import DRILL_SHARES, Corpus
 
 

@@ -1,9 +1,9 @@
 """The architecture table agrees with the models it describes."""
 
 import pytest
-from conftest import ALL_MODEL_TYPES, build
 
 import temoe
+from conftest import ALL_MODEL_TYPES, build
 from temoe.moe.arch import ARCHITECTURES, arch_spec
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import ALL_MODEL_TYPES, build
 
 import temoe
+from conftest import ALL_MODEL_TYPES, build
 from temoe.testing import TINY_MODEL_TYPES
 
 DTYPES = (torch.float32, torch.bfloat16)

@@ -5,9 +5,9 @@ import types
 
 import pytest
 import torch
-from conftest import ALL_MODEL_TYPES, build, random_masks
 
 import temoe
+from conftest import ALL_MODEL_TYPES, build, random_masks
 from temoe.testing import TINY_MODEL_TYPES
 
 K_HAT = 3  # of N = 8, with k̃ = 2

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import build, random_masks
 from peft import LoraConfig, get_peft_model
 
 import temoe
+from conftest import build, random_masks
 
 
 @pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])

@@ -99,3 +99,20 @@ def test_intra_option_loss_off_by_one_padding_gets_no_gradient():
     assert abs(float(loss.detach()) - 1 / 6) < 1e-6
     loss.backward()
     assert logp.grad[0, 2] == 0
+
+
+
+def test_token_kl_loss_is_the_reverse_kl_over_valid_positions():
+    from temoe.rl import token_kl_loss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 7, requires_grad=True), torch.randn(2, 5, 7)
+    valid = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    loss, stats = token_kl_loss(s, t, valid)
+    ref = torch.nn.functional.kl_div(t.log_softmax(-1), s.log_softmax(-1), log_target=True, reduction="none")
+    expected = ref.sum(-1)[valid].mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert s.grad[0, 3:].abs().sum() == 0  # padding positions get no gradient
+    same, _ = token_kl_loss(t, t, valid)
+    assert abs(float(same)) < 1e-6

@@ -62,3 +62,20 @@ def test_no_mixing_no_truncation_gives_unit_weights_and_zero_reward_for_identica
     out = mixed_sample(logits, logits, tau=0.0, top_p=1.0, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.weight, torch.ones(8))
     torch.testing.assert_close(out.logp_teacher - out.logp_student, torch.zeros(8))
+
+
+def test_forced_sample_scores_the_given_tokens():
+    from temoe.rollout.sampling import forced_sample
+
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 11), torch.randn(3, 11)
+    tokens = torch.tensor([4, 0, 10])
+    out = forced_sample(s, t, tokens)
+    assert torch.equal(out.tokens, tokens)
+    torch.testing.assert_close(out.logp_student, s.log_softmax(-1)[torch.arange(3), tokens])
+    torch.testing.assert_close(out.logp_teacher, t.log_softmax(-1)[torch.arange(3), tokens])
+    kl = (s.softmax(-1) * (s.log_softmax(-1) - t.log_softmax(-1))).sum(-1)
+    torch.testing.assert_close(out.kl, kl)
+    assert torch.equal(out.weight, torch.ones(3))
+    # the exact KL of a mixed draw is the same quantity, whatever token was drawn
+    torch.testing.assert_close(mixed_sample(s, t, tau=0.2).kl, kl)

@@ -88,3 +88,37 @@ def test_resume_with_a_different_config_fails_naming_the_key(tmp_path):
     train(_config(tmp_path, steps=1))
     with pytest.raises(ValueError, match="eta"):
         train(_config(tmp_path, steps=2, eta=0.04), resume=True)
+
+
+def test_token_kl_with_selection_context_and_probes(tmp_path):
+    run = tmp_path / "kl"
+    cfg = dict(steps=2, checkpoint_every=0, policy_loss="token_kl", selection_context_decay=0.9,
+               initial_option="selection", eval_every=1, eval_prompts=4)
+    result = train(_config(run, **cfg))
+    lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(bool(p.abs().sum() > 0) for p in lora_b)  # the KL loss trained the adapters
+    probes = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 1, 2]
+    for p in probes:
+        assert len(p["reward_per_prompt"]) == len(p["kl_per_prompt"]) == len(p["fixed_kl_per_prompt"]) == 4
+        assert p["eval/fixed_kl"] >= 0
+        assert p["eval/kl"] >= 0 and p["eval/reward"] == pytest.approx(sum(p["reward_per_prompt"]) / 4)
+    assert all(r["rollout/kl"] >= 0 for r in read_metrics(run))
+    # same seed, same untrained model: the step-0 probe is reproducible; resuming keeps one record per step
+    again = tmp_path / "again"
+    train(_config(again, **{**cfg, "steps": 1}))
+    first = json.loads((again / "eval.jsonl").read_text().splitlines()[0])
+    assert first["reward_per_prompt"] == probes[0]["reward_per_prompt"]
+    assert first["fixed_kl_per_prompt"] == probes[0]["fixed_kl_per_prompt"]
+    train(_config(again, **{**cfg, "steps": 2}), resume=True)
+    steps = [json.loads(line)["step"] for line in (again / "eval.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+
+
+def test_bad_policy_loss_and_probe_settings_fail_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match="policy_loss.*reinforce, token_kl"):
+        _config(tmp_path, policy_loss="kl")
+    with pytest.raises(ValueError, match="eval_prompts"):
+        _config(tmp_path, eval_prompts=0)
+    with pytest.raises(ValueError, match="selection_context_decay"):
+        _config(tmp_path, selection_context_decay=1.5)

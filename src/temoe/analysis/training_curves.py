@@ -7,6 +7,10 @@ resamples of the same 20-step window, 2.5/97.5 percentiles), one colour per run 
 (`lr_controller=0 update_policy=false`). Runs with one seed draw the same prompts at every step, so the
 difference removes the prompt mix, which dominates a small run's per-step reward; what remains is what the
 training changed.
+
+`probe_gain` / `plot_probes`: the fixed-prompt probes of `TrainConfig.eval_every` (`eval.jsonl`): the same
+held-out prompts and sampling seeds at every probe, so the reward at step s minus the reward at step 0, per
+prompt, is a paired measurement of what training changed (bootstrap 95% interval over prompts).
 """
 
 from __future__ import annotations
@@ -132,6 +136,99 @@ def plot_paired_gain(run_dirs: Sequence[str | Path], baseline_dir: str | Path, o
     return path
 
 
+def _probes(run_dir: Path) -> list[dict]:
+    path = run_dir / "eval.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _bootstrap_ci(vals: np.ndarray, resamples: int, rng: np.random.Generator) -> list[float]:
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return [float("nan"), float("nan")]
+    boot = rng.choice(vals, size=(resamples, vals.size), replace=True).mean(axis=1)
+    return [float(x) for x in np.percentile(boot, [2.5, 97.5])]
+
+
+def probe_gain(run_dir: str | Path, resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Per probe (eval.jsonl): step, mean reward and switch rate with bootstrap 95% intervals over prompts,
+    and the paired gain over the first probe (reward per prompt minus the first probe's) with its interval.
+
+    [] when the run has no probes (`eval_every=0`).
+    """
+    probes = _probes(Path(run_dir))
+    if not probes:
+        return []
+    rng = np.random.default_rng(seed)
+    first = np.array(probes[0]["reward_per_prompt"], dtype=float)
+    firsts = {k: np.array(probes[0].get(f"{k}_per_prompt", []), dtype=float) for k in ("kl", "fixed_kl")}
+    out = []
+    for p in probes:
+        reward = np.array(p["reward_per_prompt"], dtype=float)
+        switch = np.array(p["switch_rate_per_prompt"], dtype=float)
+        gain = reward - first
+        row = {"step": p["step"], "reward": float(np.nanmean(reward)),
+               "reward_ci": _bootstrap_ci(reward, resamples, rng),
+               "switch_rate": float(np.nanmean(switch)) if np.isfinite(switch).any() else float("nan"),
+               "switch_rate_ci": _bootstrap_ci(switch, resamples, rng),
+               "gain": float(np.nanmean(gain)), "gain_ci": _bootstrap_ci(gain, resamples, rng),
+               "prompts": int(reward.size)}
+        for k, first_k in firsts.items():  # exact KL: on-policy ("kl") and on the fixed text ("fixed_kl")
+            if f"{k}_per_prompt" in p and first_k.size == reward.size:
+                kl = np.array(p[f"{k}_per_prompt"], dtype=float)
+                row.update({k: float(np.nanmean(kl)), f"{k}_ci": _bootstrap_ci(kl, resamples, rng),
+                            f"{k}_reduction": float(np.nanmean(first_k - kl)),
+                            f"{k}_reduction_ci": _bootstrap_ci(first_k - kl, resamples, rng)})
+        out.append(row)
+    return out
+
+
+def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | None:
+    """`probe_reward.png`: probe reward, switch rate and KL by step with 95% intervals (None: no probes)."""
+    runs = [(Path(d), probe_gain(d)) for d in run_dirs]
+    runs = [(d, g) for d, g in runs if g]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = ["reward", "switch_rate"] + [k for k in ("kl", "fixed_kl")
+                                        if all(k in g for _, gains in runs for g in gains)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    axes = axes[0]
+    for c, (d, gains) in enumerate(runs):
+        steps = np.array([g["step"] for g in gains], dtype=float)
+        colour = colours[c % len(colours)]
+        for ax, key in zip(axes, keys):
+            mean = np.array([g[key] for g in gains])
+            lo = np.array([g[f"{key}_ci"][0] for g in gains])
+            hi = np.array([g[f"{key}_ci"][1] for g in gains])
+            ax.plot(steps, mean, "o-", color=colour, label=_label(d))
+            ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+    n = runs[0][1][0]["prompts"]
+    axes[0].set_title(f"Probe reward (neg. KL/token), {n} held-out prompts, fixed seeds")
+    axes[1].set_title("Probe switch rate")
+    titles = {"kl": "Probe KL(student ‖ teacher)/token, own samples",
+              "fixed_kl": "Probe KL/token on fixed teacher text"}
+    for ax, key in zip(axes[2:], keys[2:]):
+        ax.set_title(titles[key])
+    for ax in axes:
+        ax.set_xlabel("Training step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "probe_reward.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _label(run_dir: Path) -> str:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
@@ -178,4 +275,7 @@ def plot_training(
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
+    probes = plot_probes(dirs, out)
+    if probes is not None:
+        paths.append(probes)
     return paths

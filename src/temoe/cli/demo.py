@@ -57,10 +57,12 @@ class DemoConfig:
     """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `TrainConfig` key=value overrides."""
-    frozen_baseline: bool = True
+    frozen_baseline: bool = False
     """Also roll out a frozen controller (same seed, η of the first run, `lr_controller=0
     update_policy=false`) and report each run's reward minus it (`reward_gain.json`, `figures/reward_gain.png`):
-    same prompts per step, so the difference shows what training changed without the prompt mix."""
+    same prompts per step, so the difference shows what training changed without the prompt mix. Off by
+    default: the runs' held-out probes (`eval_every`, report section "Held-out probes") measure the same
+    thing on fixed prompts at no extra training run (CLI: --frozen-baseline)."""
     checkpoints: dict[float, str] = field(default_factory=dict)
     """Use these existing checkpoints (η -> dir) instead of training."""
     survey_per_category: int = 20
@@ -83,7 +85,8 @@ class DemoConfig:
         """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
         base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=64, train_steps=4, survey_per_category=3,
                     survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
-                    train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0})
+                    train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0,
+                                     "eval_prompts": 4})
         return cls(**{**base, **kw})
 
     @classmethod
@@ -246,9 +249,49 @@ def run_demo(cfg: DemoConfig) -> dict:
     runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
     report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
                           tasks=list(cfg.tasks), runs=runs, preamble="\n".join(pre))
+    if checkpoints and not cfg.checkpoints:
+        _probe_section(out, runs, report)
     if checkpoints and cfg.frozen_baseline and not cfg.checkpoints:
         _reward_gain(cfg, out, runs, stage_train(cfg, cfg.etas[0], frozen=True).parent, report)
     return {"report": report, "summary": rows, "survey": survey, "seconds": time.perf_counter() - start}
+
+
+def _probe_section(out: Path, runs: dict[str, Path], report: Path) -> None:
+    """probes.json + figures/probe_reward.png + a report section from the runs' probes (eval.jsonl)."""
+    from temoe.analysis.training_curves import plot_probes, probe_gain
+
+    gains = {label: probe_gain(d) for label, d in runs.items()}
+    gains = {label: g for label, g in gains.items() if g}
+    if not gains:
+        return
+    (out / "probes.json").write_text(json.dumps(gains, indent=2, ensure_ascii=False) + "\n")
+    figure = plot_probes([runs[label] for label in gains], out / "figures")
+    first = next(iter(gains.values()))
+    lines = ["", "## Held-out probes during training", "",
+             f"Every probe rolls out the controller on the same {first[0]['prompts']} held-out prompts with "
+             "the same sampling seeds, without updating anything (`eval_every`). Reward = neg. KL per token "
+             "(sampled-token estimate) and KL = exact KL(student ‖ teacher) per token, both on the student's "
+             "own samples; KL on fixed text = exact KL per token on the teacher's own continuations of the "
+             "same prompts (made once), the same states at every probe, so its per-prompt reduction from the "
+             "first probe measures what training changed without sampling noise. Bootstrap 95% intervals "
+             "over prompts.", "",
+             "| run | step | reward | KL | KL on fixed text | its reduction vs step 0 | switch rate |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(g: dict, key: str) -> str:
+        return f"{g[key]:.3f}" if key in g else "–"
+
+    for label, rows in gains.items():
+        for g in rows:
+            red = (f"{g['fixed_kl_reduction']:+.4f} [{g['fixed_kl_reduction_ci'][0]:+.4f}, "
+                   f"{g['fixed_kl_reduction_ci'][1]:+.4f}]" if "fixed_kl_reduction" in g else "–")
+            lines.append(f"| {label} | {g['step']} | {g['reward']:+.3f} [{g['reward_ci'][0]:+.3f}, "
+                         f"{g['reward_ci'][1]:+.3f}] | {cell(g, 'kl')} | {cell(g, 'fixed_kl')} | {red} | "
+                         f"{100 * g['switch_rate']:.2f}% |")
+    if figure is not None:
+        lines += ["", f"![probes]({figure.relative_to(out)})", ""]
+    with report.open("a") as f:
+        f.write("\n".join(lines))
 
 
 def _reward_gain(cfg: DemoConfig, out: Path, runs: dict[str, Path], frozen_ckpt: Path, report: Path) -> None:
@@ -291,6 +334,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="questions per task")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--train-steps", type=int)
+    p.add_argument("--frozen-baseline", action="store_true",
+                   help="also train a same-seed frozen controller and report each run's reward minus it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; 1 is far faster on a machine shared "
@@ -320,6 +365,8 @@ def run(args) -> int:
                        ("train_steps", args.train_steps)):
         if value is not None:
             updates[key] = value
+    if args.frozen_baseline:
+        updates["frozen_baseline"] = True
     if args.eta:
         updates["etas"] = tuple(args.eta)
     if args.task:

@@ -31,7 +31,12 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=42, help="question sample and sampling seed (§5: 42)")
     p.add_argument("--random-fixed", action="store_true",
                    help="random baseline: one fixed random subset per layer instead of a fresh set per token")
-    p.add_argument("--controller-mode", choices=("sample", "greedy"), default="sample")
+    p.add_argument("--controller-mode", choices=("sample", "greedy"), default="sample",
+                   help="sample: d_t ~ Bernoulli(β_t) and Plackett–Luce selection (the paper); greedy: "
+                        "d_t = [β_t >= 0.5] and the top-k̂ selection")
+    p.add_argument("--selection-mode", choices=("sample", "greedy"), default=None,
+                   help="override only how an option is chosen at a termination (greedy: top-k̂ of the "
+                        "selection logits; default: as --controller-mode)")
     p.add_argument("--calibration-prompts", help="JSONL with `prompt` per line (default: embedded prompts)")
     p.add_argument("--calibration-size", type=int, default=128, help="calibration prompts (§5: 128)")
     p.add_argument("--calibration-tokens", type=int, default=2048, help="prompt + response tokens (§5: 2048)")
@@ -78,7 +83,8 @@ def run(args) -> int:
 
     summary, _ = evaluate_method(handle, tokenizer, task, method, args.k_hat, generation=generation,
                                  controller=controller, eta=eta, controller_mode=args.controller_mode,
-                                 calibration=calibration, cache_dir=args.cache_dir,
+                                 selection_mode=args.selection_mode, calibration=calibration,
+                                 cache_dir=args.cache_dir,
                                  random_variant="fixed" if args.random_fixed else "per-token",
                                  records_path=args.records, progress=progress)
     print(file=sys.stderr)

@@ -52,6 +52,17 @@ def run_training(args: argparse.Namespace) -> int:
         ) from None
     for path in plot_training(args.run_dirs, args.out, window=args.window):
         print(path)
+    from temoe.analysis.training_curves import probe_gain
+
+    for d in args.run_dirs:
+        for g in probe_gain(d):
+            (lo, hi), (glo, ghi) = g["reward_ci"], g["gain_ci"]
+            print(f"{d}: probe at step {g['step']}: reward {g['reward']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
+                  f"gain over the first probe {g['gain']:+.4f} [{glo:+.4f}, {ghi:+.4f}], "
+                  f"switch rate {g['switch_rate']:.4f}"
+                  + "".join(f", {label} {g[k]:.4f} (reduction {g[k + '_reduction']:+.4f} "
+                            f"[{g[k + '_reduction_ci'][0]:+.4f}, {g[k + '_reduction_ci'][1]:+.4f}])"
+                            for k, label in (("kl", "exact KL"), ("fixed_kl", "KL on fixed text")) if k in g))
     if args.baseline is not None:
         from temoe.analysis.training_curves import paired_gain, plot_paired_gain
 

@@ -59,6 +59,9 @@ class Trajectory:
     """(B, T) bool: t = 0 of the row (option = router top-k̂, no decision)."""
     hidden: Tensor | None
     """(B, T, L, H) float32 pre-MLP hidden states h_t, or None when not recorded."""
+    selection_input: Tensor | None = None
+    """(B, T, L, H) float32 h̄_t, the selection head's input, when `ControllerConfig.selection_context_decay`
+    > 0 and hidden states are recorded (None otherwise: the selection head reads `hidden`)."""
 
     @property
     def options_prev(self) -> Tensor:
@@ -96,11 +99,14 @@ class OptionState:
 
     def __init__(self, num_layers: int, num_experts: int, k_hat: int, batch_size: int, mode: Mode,
                  generator: torch.Generator | None, record_hidden: bool, control_prompt: bool,
-                 prompt_mask: Tensor | None):
-        if mode not in ("sample", "greedy"):
-            raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
+                 prompt_mask: Tensor | None, selection_mode: Mode | None = None, context_decay: float = 0.0):
+        selection_mode = mode if selection_mode is None else selection_mode
+        for name, value in (("mode", mode), ("selection_mode", selection_mode)):
+            if value not in ("sample", "greedy"):
+                raise ValueError(f"{name} must be 'sample' or 'greedy', got {value!r}")
         self.num_layers, self.num_experts, self.k_hat = num_layers, num_experts, k_hat
         self.batch_size, self.mode, self.generator = batch_size, mode, generator
+        self.selection_mode, self.context_decay = selection_mode, context_decay
         self.record_hidden, self.control_prompt = record_hidden, control_prompt
         self.prompt_mask = prompt_mask
         self.reset()
@@ -120,6 +126,27 @@ class OptionState:
         self._z_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
         self._mask_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
         self._all_started = [False] * L
+        # Selection context per layer (context_decay > 0): running numerator (B, H) and denominator (B, 1)
+        # of the padding-excluded moving average h̄.
+        self._context: list[tuple[Tensor, Tensor] | None] = [None] * L
+
+    def update_context(self, i: int, hidden: Tensor, weight: Tensor) -> Tensor:
+        """Advance layer i's moving average over S new positions; returns h̄ at the last one, (B, H).
+
+        hidden (B, S, H) float32; weight (B, S) float, 1 for real positions and 0 for padding. The average is
+        normalised by its accumulated weight, so it starts at the first real position (no bias to zero).
+        """
+        d = self.context_decay
+        B, S, H = hidden.shape
+        decay = d ** torch.arange(S - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (S,)
+        w = weight.float() * (1.0 - d) * decay  # (B, S)
+        num = torch.einsum("bs,bsh->bh", w, hidden.float())
+        den = w.sum(1, keepdim=True)
+        prev = self._context[i]
+        if prev is not None:
+            num, den = num + prev[0] * d**S, den + prev[1] * d**S
+        self._context[i] = (num, den)
+        return num / den.clamp_min(torch.finfo(torch.float32).tiny)
 
     def mark_done(self, done: Tensor) -> None:
         """Rows (B,) bool that finished (emitted EOS): later positions are invalid and never switch."""
@@ -136,12 +163,13 @@ class OptionState:
         if any(p is None for p in self._pending):
             raise RuntimeError("begin_generation() needs the prompt forward first: every MoE layer must "
                                "have been called once under controller.mask_fn(state)")
-        for i, (h0, omega0) in enumerate(self._pending):
+        for i, (h0, omega0, context0) in enumerate(self._pending):
             B = omega0.shape[0]
             valid = ~self.done.to(omega0.device)
             zeros = torch.zeros(B, dtype=torch.float32, device=omega0.device)
             self._columns[i].append(dict(option=omega0, selected=omega0, decision=torch.zeros_like(valid),
-                                         beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0))
+                                         beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0,
+                                         sel_input=context0))
             self.option[i] = omega0
             self.started[i] = valid.clone()
             self._all_started[i] = bool(valid.all())
@@ -164,11 +192,13 @@ class OptionState:
             return torch.stack([torch.stack([c[key] for c in cols], dim=1) for cols in self._columns], dim=2)
 
         hidden = stack("hidden") if self.record_hidden else None
+        context = stack("sel_input") if self.record_hidden and self.context_decay > 0 else None
         first = self._columns[0]
         return Trajectory(options=stack("option"), selected=stack("selected"), decisions=stack("decision"),
                           betas=stack("beta"), log_probs=stack("log_prob"),
                           valid=torch.stack([c["valid"] for c in first], dim=1),
-                          initial=torch.stack([c["initial"] for c in first], dim=1), hidden=hidden)
+                          initial=torch.stack([c["initial"] for c in first], dim=1), hidden=hidden,
+                          selection_input=context)
 
     def option_masks(self) -> Tensor:
         """(B, T, L, N) bool: the option mask at every controlled position (for `temoe.metrics`)."""
@@ -268,17 +298,22 @@ class OptionController(nn.Module):
         return sum(p.numel() for p in module.parameters())
 
     def new_state(self, batch_size: int, generator: torch.Generator | None = None, mode: Mode = "sample",
-                  record_hidden: bool = True, prompt_mask: Tensor | None = None) -> OptionState:
+                  record_hidden: bool = True, prompt_mask: Tensor | None = None,
+                  selection_mode: Mode | None = None) -> OptionState:
         """A fresh `OptionState` for `batch_size` sequences.
 
         generator: on the model's device; drives d_t ~ Bernoulli(β_t) and the Plackett–Luce draws.
         mode: "sample" (training rollouts) or "greedy" (d_t = [β_t >= 0.5], ω_t = top-k̂ of c_t).
+        selection_mode: overrides how ω_t is chosen at a termination ("greedy": top-k̂ of c_t, while d_t
+        still follows `mode`); default: as `mode`.
         record_hidden: keep h_t (float32, B*T*L*H floats) for `replay`.
-        prompt_mask: (B, P) bool attention mask of the left-padded prompt; only used with
-        `control_prompt=True`, where its False positions are not decision points.
+        prompt_mask: (B, P) bool attention mask of the left-padded prompt. Its False positions are not
+        decision points (`control_prompt=True`) and are left out of the selection context's moving average;
+        without it every prompt position counts.
         """
         return OptionState(self.num_layers, self.num_experts, self.k_hat, batch_size, mode, generator,
-                           record_hidden, self.config.control_prompt, prompt_mask)
+                           record_hidden, self.config.control_prompt, prompt_mask, selection_mode,
+                           self.config.selection_context_decay)
 
     def mask_fn(self, state: OptionState, router_logits: RouterLogitsFn | None = None) -> MaskFn:
         """The MaskFn for `handle.restrict(...)` that runs the policy online and records into `state`.
@@ -307,13 +342,32 @@ class OptionController(nn.Module):
         """Default mode, prompt forward: router's own routing; the last column gets ω_0 (pending t = 0)."""
         B, S, _ = hidden.shape
         last = hidden[:, -1]  # (B, H): the position predicting the first generated token (left padding)
-        omega0 = initial_option(router_logits(i, last[:, None])[:, 0], self.k_hat)  # (B, K)
-        state._pending[i] = (last.float().clone() if state.record_hidden else None, omega0)
+        context = None
+        if state.context_decay > 0:
+            pos = state.positions[i]
+            weight = torch.ones(B, S, device=hidden.device)
+            if state.prompt_mask is not None:
+                weight[:, : max(0, state.prompt_mask.shape[1] - pos)] = state.prompt_mask[:, pos:pos + S].to(
+                    hidden.device, torch.float32)
+            context = state.update_context(i, hidden, weight)  # h̄_0, (B, H)
+        omega0 = self._initial_option(i, last, context, router_logits)  # (B, K)
+        record = state.record_hidden
+        state._pending[i] = (last.float().clone() if record else None, omega0,
+                             context.clone() if record and context is not None else None)
         state.positions[i] += S
         mask = torch.ones(B, S, self.num_experts, dtype=torch.bool, device=hidden.device)
-        # Restricting to the router's own top-k̂ leaves its top-k̃ unchanged; done for exactness at t = 0.
+        # ω_0 is executed at t = 0. With the router's own top-k̂ (the default) this leaves its top-k̃ unchanged;
+        # with initial_option="selection" it may not.
         mask[:, -1] = indices_to_mask(omega0, self.num_experts)
         return mask
+
+    def _initial_option(self, i: int, h: Tensor, context: Tensor | None,
+                        router_logits: RouterLogitsFn) -> Tensor:
+        """ω_0 (B, K) at t = 0 for h (B, H): the router's or the selection head's top-k̂ (`initial_option`)."""
+        if self.config.initial_option == "selection":
+            logits = self.layers[i].selection_logits(h if context is None else context)
+            return initial_option(logits, self.k_hat)
+        return initial_option(router_logits(i, h[:, None])[:, 0], self.k_hat)
 
     def _controlled_call(self, i: int, hidden: Tensor, state: OptionState,
                          router_logits: RouterLogitsFn) -> Tensor:
@@ -333,6 +387,9 @@ class OptionController(nn.Module):
                 valid = valid & state.prompt_mask[:, pos].to(device)
             started = state.started[i]
             init_rows, decide_rows = valid & ~started, valid & started
+            context = None
+            if state.context_decay > 0:  # h̄_t, the selection head's input
+                context = state.update_context(i, h[:, None], valid[:, None].float())
             option_prev = state.option[i]
 
             cached = state._z_cache[i]
@@ -352,8 +409,8 @@ class OptionController(nn.Module):
             if unchanged:
                 selected, log_prob = option_prev, torch.zeros_like(beta)
             else:
-                logits = layer.selection_logits(h)  # (B, N)
-                if state.mode == "sample":
+                logits = layer.selection_logits(h if context is None else context)  # (B, N)
+                if state.selection_mode == "sample":
                     selected = sample_selection(logits, K, self.config.epsilon, state.generator)
                 else:
                     selected = logits.topk(K, dim=-1).indices
@@ -363,7 +420,7 @@ class OptionController(nn.Module):
             # Only control_prompt=True starts rows inside controlled calls; skipping the check otherwise
             # avoids a device sync per layer and token.
             if state.control_prompt and bool(init_rows.any()):
-                omega0 = initial_option(router_logits(i, h[:, None])[:, 0], K)
+                omega0 = self._initial_option(i, h, context, router_logits)
                 option = torch.where(init_rows[:, None], omega0, option)
                 selected = torch.where(init_rows[:, None], omega0, selected)
                 beta = beta.masked_fill(init_rows, 0.0)
@@ -374,7 +431,8 @@ class OptionController(nn.Module):
             state.positions[i] = pos + 1
             state._columns[i].append(dict(option=option, selected=selected, decision=d, beta=beta,
                                           log_prob=log_prob, valid=valid, initial=init_rows,
-                                          hidden=h.clone() if state.record_hidden else None))
+                                          hidden=h.clone() if state.record_hidden else None,
+                                          sel_input=context if state.record_hidden else None))
             if not state._all_started[i]:
                 mask = indices_to_mask(option, self.num_experts)
                 masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
@@ -386,24 +444,26 @@ class OptionController(nn.Module):
         return torch.stack(masks, dim=1)
 
     def replay(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor,
-               selected: Tensor) -> ReplayOutput:
+               selected: Tensor, selection_input: Tensor | None = None) -> ReplayOutput:
         """Recompute β, Q(h, ω_{t-1}), Q(h, ω_t), V and log π_sel for a recorded trajectory, with gradients.
 
         hidden (B, T, L, H), options_prev (B, T, L, K) = ω_{t-1}, decisions (B, T, L) bool,
         selected (B, T, L, K) -> ReplayOutput of (B, T, L) float32. The option sequence is in the record,
         so this is vectorised over time (a loop over the L layers only).
-        ω_t = selected where d_t, else ω_{t-1}.
+        ω_t = selected where d_t, else ω_{t-1}. selection_input (B, T, L, H): h̄_t for the selection head
+        (`Trajectory.selection_input`); None: the head reads `hidden`.
         """
         outs = []
         for i, layer in enumerate(self.layers):
             h, prev, sel = hidden[:, :, i].float(), options_prev[:, :, i], selected[:, :, i]
+            h_sel = h if selection_input is None else selection_input[:, :, i].float()
             option = torch.where(decisions[:, :, i, None], sel, prev)
             outs.append(ReplayOutput(
                 beta=torch.sigmoid(layer.termination_logit(h, prev)),
                 q_prev=layer.option_value(h, prev),
                 q_exec=layer.option_value(h, option),
                 value=layer.state_value(h),
-                log_prob=selection_log_prob(layer.selection_logits(h), sel, self.config.epsilon),
+                log_prob=selection_log_prob(layer.selection_logits(h_sel), sel, self.config.epsilon),
             ))
         return ReplayOutput(*(torch.stack(parts, dim=2) for parts in zip(*outs)))
 
@@ -413,4 +473,4 @@ class OptionController(nn.Module):
             raise ValueError("the trajectory has no hidden states: record with new_state(record_hidden=True) "
                              "or call replay(hidden, ...) with states from a traced forward")
         return self.replay(trajectory.hidden, trajectory.options_prev, trajectory.decisions,
-                           trajectory.selected)
+                           trajectory.selected, trajectory.selection_input)

@@ -38,6 +38,9 @@ class MaskSource:
         """Masks to install for a new batch of `batch_size` prompts (None: no restriction)."""
         return None
 
+    def set_prompt_mask(self, attention_mask: Tensor) -> None:
+        """Called before `start` with the batch's (B, P) attention mask of the left-padded prompts."""
+
     def after_prefill(self) -> None:
         """Called once after the prompt forward, before the first decode step."""
 
@@ -143,17 +146,27 @@ class ControllerSource(MaskSource):
     switch_definition = "mask"
 
     def __init__(self, controller: Any, generator: torch.Generator, mode: str = "sample",
-                 name: str = "controller", eta: float | None = None):
-        if mode not in ("sample", "greedy"):
-            raise ValueError(f"controller mode must be 'sample' or 'greedy', got {mode!r}")
+                 name: str = "controller", eta: float | None = None, selection_mode: str | None = None):
+        for key, value in (("mode", mode), ("selection mode", selection_mode or mode)):
+            if value not in ("sample", "greedy"):
+                raise ValueError(f"controller {key} must be 'sample' or 'greedy', got {value!r}")
         self.controller, self.generator, self.mode, self.name = controller, generator, mode, name
+        self.selection_mode = selection_mode or mode
         self.k_hat, self.eta = controller.k_hat, eta
         self.state = None
         self._options = None
+        self._prompt_mask = None
+
+    def set_prompt_mask(self, attention_mask: Tensor) -> None:
+        self._prompt_mask = attention_mask.bool()
 
     def start(self, batch_size: int) -> Callable:
+        prompt_mask, self._prompt_mask = self._prompt_mask, None
+        if prompt_mask is not None and prompt_mask.shape[0] != batch_size:
+            prompt_mask = None
         self.state = self.controller.new_state(batch_size, self.generator, mode=self.mode,
-                                               record_hidden=False)
+                                               record_hidden=False, prompt_mask=prompt_mask,
+                                               selection_mode=self.selection_mode)
         self._options = None
         return self.controller.mask_fn(self.state)
 
@@ -175,4 +188,4 @@ class ControllerSource(MaskSource):
         return metrics.switch_rate(options), _loads(options)
 
     def describe(self) -> dict[str, Any]:
-        return {"eta": self.eta, "controller_mode": self.mode}
+        return {"eta": self.eta, "controller_mode": self.mode, "selection_mode": self.selection_mode}

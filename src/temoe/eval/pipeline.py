@@ -28,13 +28,15 @@ def load_controller(model, checkpoint: str | Path):
 
 def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
                     generation: GenerationConfig | None = None, controller=None, eta: float | None = None,
-                    controller_mode: str = "sample", calibration=None, cache_dir: str | Path | None = None,
+                    controller_mode: str = "sample", selection_mode: str | None = None, calibration=None,
+                    cache_dir: str | Path | None = None,
                     random_variant: str = "per-token", records_path: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Evaluate `method` at k̂ = `k_hat` on `task`; returns (summary, records).
 
     method: one of `METHODS`. "controller" needs `controller` (from `load_controller`, whose handle must be
-    the `handle` passed here). Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in
+    the `handle` passed here); `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it
+    picks an option at a termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in
     `cache_dir`. The controller's draws use a generator seeded with the generation seed.
     """
     generation = generation or GenerationConfig()
@@ -50,7 +52,8 @@ def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
             raise ValueError(f"the checkpoint's controller was trained with k̂ = {controller.k_hat}, "
                              f"but k_hat={k_hat} was requested")
         gen = torch.Generator(device=next(controller.parameters()).device).manual_seed(generation.seed)
-        source = ControllerSource(controller, gen, mode=controller_mode, eta=eta)
+        source = ControllerSource(controller, gen, mode=controller_mode, eta=eta,
+                                  selection_mode=selection_mode)
         return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
                         progress=progress)
     from temoe.baselines import baseline_source

@@ -152,6 +152,7 @@ def generate_from_ids(handle, tokenizer, input_ids: Tensor, attn: Tensor, source
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
+    source.set_prompt_mask(attn)
     masks = source.start(B)
     with handle.trace() as trace, (handle.restrict(masks) if masks is not None else nullcontext()):
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)

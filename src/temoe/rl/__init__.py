@@ -1,6 +1,6 @@
 """temoe.rl: option-critic and distillation math as pure functions (tensors in; tensors or (loss, stats))."""
 
-from temoe.rl.losses import critic_loss, intra_option_loss, selection_loss, termination_loss
+from temoe.rl.losses import critic_loss, intra_option_loss, selection_loss, termination_loss, token_kl_loss
 from temoe.rl.returns import (
     CriticTargets,
     discounted_cumsum,
@@ -20,6 +20,7 @@ __all__ = [
     "gae",
     "importance_weights",
     "intra_option_loss",
+    "token_kl_loss",
     "kl_reward",
     "mixture_log_probs",
     "next_step",

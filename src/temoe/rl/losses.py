@@ -109,3 +109,21 @@ def intra_option_loss(token_log_probs: Tensor, advantages: Tensor, valid: Tensor
     loss = -(w * token_log_probs.float() * advantages.detach().float()).sum() / w.sum().clamp_min(1e-12)
     return loss, {"loss/intra_option": _f(loss),
                   "intra_option/adv_mean": _f(_masked_mean(advantages.float(), m))}
+
+
+def token_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
+                  valid: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Full-vocabulary reverse KL(π_θ ‖ p_teacher) at every visited response position, averaged over them.
+
+    A lower-variance alternative to `intra_option_loss` (temoe extension, `TrainConfig.policy_loss =
+    "token_kl"`, as in on-policy distillation, Agarwal et al. 2024): the same per-token objective the reward
+    estimates (−r_t is a one-sample estimate of this KL), computed exactly over the vocabulary at the states
+    the rollout visited, without credit assignment to later tokens. student_logits (B, T, V) with gradients,
+    teacher_logits (B, T, V) (detached here), both at the sampling temperature; valid (B, T).
+    """
+    log_s = torch.log_softmax(student_logits.float(), dim=-1)
+    log_t = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+    kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # (B, T)
+    m = valid.float()
+    loss = (kl * m).sum() / m.sum().clamp_min(1e-12)
+    return loss, {"loss/token_kl": _f(loss)}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from temoe.controller import OptionController, Trajectory
-from temoe.rollout.sampling import mixed_sample
+from temoe.rollout.sampling import forced_sample, mixed_sample
 
 
 @dataclass
@@ -45,6 +45,9 @@ class RolloutBatch:
     """log q(a_t), q the top-p-truncated mixture actually sampled from."""
     weights: Tensor
     """w_t = π(a_t) / q(a_t), the per-token importance weight (Alg. 2 l. 12)."""
+    kl: Tensor
+    """KL(π ‖ p_teacher) over the vocabulary at each visited state (exact; the reward is its one-sample
+    estimate). Logged as `rollout/kl`; the controller and LoRA updates use the reward, as the paper does."""
     trajectory: Trajectory
     """The controller's record: options, decisions, betas, hidden states per controlled position and layer.
     Its length is T, or T + 1 when some row was truncated: the extra column (invalid for every row) holds
@@ -84,6 +87,7 @@ def rollout(
     controller_generator: torch.Generator | None = None,
     controller_mode: str = "sample",
     early_stop: bool = True,
+    forced_tokens: Tensor | None = None,
 ) -> RolloutBatch:
     """Generate up to `max_new_tokens` tokens for each left-padded prompt with the controller online.
 
@@ -93,9 +97,14 @@ def rollout(
     generator drives token sampling, controller_generator (default: the same) the controller's draws.
     early_stop=False always runs max_new_tokens steps (sharded models: every process must make the same
     number of forward calls).
+    forced_tokens (B, T') long: feed these tokens instead of sampling (teacher forcing of fixed text, e.g. the
+    `tokens` of an earlier rollout; a row ends at its EOS as usual). The controller still decides online;
+    weights are 1 and the reward and KL are those of the fixed tokens.
     """
     B = prompt_ids.shape[0]
     device = prompt_ids.device
+    if forced_tokens is not None:
+        max_new_tokens = min(max_new_tokens, forced_tokens.shape[1])
     prompt_mask = prompt_mask.bool()
     eos = torch.tensor(list(eos_token_ids), device=device)
     state = controller.new_state(
@@ -103,6 +112,7 @@ def rollout(
         controller_generator if controller_generator is not None else generator,
         mode=controller_mode,
         record_hidden=True,
+        prompt_mask=prompt_mask,
     )
     mask_fn = controller.mask_fn(state)
 
@@ -129,7 +139,7 @@ def rollout(
     next_pos = positions[:, -1:] + 1  # (B, 1)
     attn = prompt_mask
 
-    cols: dict[str, list[Tensor]] = {k: [] for k in ("tokens", "valid", "ls", "lt", "lq", "w")}
+    cols: dict[str, list[Tensor]] = {k: [] for k in ("tokens", "valid", "ls", "lt", "lq", "w", "kl")}
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         if t > 0:  # feed a_{t-1}: one cached decode step of each model
@@ -139,14 +149,17 @@ def rollout(
             out_t = forward(ids, attn, next_pos, cache_t, student=False)
             cache_s, cache_t = out_s.past_key_values, out_t.past_key_values
             next_pos = next_pos + 1
-        sample = mixed_sample(
-            out_s.logits[:, -1],
-            out_t.logits[:, -1],
-            tau=tau,
-            temperature=temperature,
-            top_p=top_p,
-            generator=generator,
-        )
+        if forced_tokens is not None:
+            sample = forced_sample(out_s.logits[:, -1], out_t.logits[:, -1], forced_tokens[:, t].to(device))
+        else:
+            sample = mixed_sample(
+                out_s.logits[:, -1],
+                out_t.logits[:, -1],
+                tau=tau,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+            )
         valid = ~done
         zero = torch.zeros((), device=device)
         cols["tokens"].append(torch.where(valid, sample.tokens, torch.full_like(sample.tokens, pad_token_id)))
@@ -156,6 +169,7 @@ def rollout(
             ("lt", sample.logp_teacher),
             ("lq", sample.logp_sampled),
             ("w", sample.weight),
+            ("kl", sample.kl),
         ):
             cols[key].append(torch.where(valid, value, zero))
         done = done | (valid & torch.isin(sample.tokens, eos))
@@ -179,5 +193,6 @@ def rollout(
         logp_teacher=stack["lt"],
         logp_sampled=stack["lq"],
         weights=stack["w"],
+        kl=stack["kl"],
         trajectory=state.trajectory(),
     )

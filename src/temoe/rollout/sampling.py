@@ -31,6 +31,9 @@ class MixedSample:
     """log q(a_t): the tempered, top-p-truncated, renormalised mixture the token was drawn from."""
     weight: Tensor
     """w_t = p_student(a_t) / q(a_t) with the student tempered as in the mixture (Alg. 2 l. 12)."""
+    kl: Tensor
+    """KL(p_student ‖ p_teacher) at temperature 1 over the whole vocabulary: the exact per-token reverse KL
+    at this state, of which −r_t is a one-sample estimate (logged, never trained on)."""
 
 
 def nucleus(probs: Tensor, top_p: float) -> Tensor:
@@ -70,8 +73,10 @@ def mixed_sample(
     q = nucleus(p_mix, top_p)
     tokens = torch.multinomial(q, 1, generator=generator).squeeze(-1)  # (B,)
     pick = tokens.unsqueeze(-1)
-    logp_student = torch.log_softmax(s, dim=-1).gather(-1, pick).squeeze(-1)
-    logp_teacher = torch.log_softmax(t, dim=-1).gather(-1, pick).squeeze(-1)
+    log_s, log_t = torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+    logp_student = log_s.gather(-1, pick).squeeze(-1)
+    logp_teacher = log_t.gather(-1, pick).squeeze(-1)
+    kl = (log_s.exp() * (log_s - log_t)).sum(-1)
     q_a = q.gather(-1, pick).squeeze(-1)
     weight = p_student_temp.gather(-1, pick).squeeze(-1) / q_a
     return MixedSample(
@@ -80,4 +85,26 @@ def mixed_sample(
         logp_teacher=logp_teacher,
         logp_sampled=q_a.log(),
         weight=weight,
+        kl=kl,
+    )
+
+
+def forced_sample(student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor) -> MixedSample:
+    """A `MixedSample` for given tokens (B,) instead of a draw: teacher-forced evaluation of fixed text.
+
+    logp_student, logp_teacher and kl as in `mixed_sample`; the token was not sampled from the student, so
+    weight is 1 and logp_sampled is the teacher's log-prob (the fixed text comes from the teacher in
+    `temoe.train` probes).
+    """
+    s, t = student_logits.float(), teacher_logits.float()
+    log_s, log_t = torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+    pick = tokens.unsqueeze(-1)
+    logp_teacher = log_t.gather(-1, pick).squeeze(-1)
+    return MixedSample(
+        tokens=tokens,
+        logp_student=log_s.gather(-1, pick).squeeze(-1),
+        logp_teacher=logp_teacher,
+        logp_sampled=logp_teacher,
+        weight=torch.ones_like(logp_teacher),
+        kl=(log_s.exp() * (log_s - log_t)).sum(-1),
     )

@@ -45,6 +45,12 @@ class TrainConfig:
     """Expert embedding size d_e of the DeepSets set encoder (App. A2: 128)."""
     termination_bias_init: float = -3.0
     """Initial termination logit bias, σ(−3) ≈ 0.05 (App. A2)."""
+    selection_context_decay: float = 0.0
+    """Selection head input: 0 = h_t (the paper); d in (0, 1) = a causal moving average of h with decay d
+    (temoe extension, `ControllerConfig.selection_context_decay`)."""
+    initial_option: str = "router"
+    """ω_0: "router" (the paper's router top-k̂ at t = 0) or "selection" (top-k̂ of the selection head, which
+    reads the moving average; `ControllerConfig.initial_option`)."""
 
     # --- returns and losses (§4, App. A2) ------------------------------------------------------------------
     gamma: float = 0.95
@@ -95,6 +101,12 @@ class TrainConfig:
     micro_batch_size: int = 0
     """Sequences per replay forward/backward of the intra-option loss (gradient accumulation inside a step);
     0 = the whole per-process batch at once."""
+    policy_loss: str = "reinforce"
+    """Intra-option objective: "reinforce" (the paper, Alg. 2 line 19: −Σ w_t Ĝ_t log π_θ(a_t) with
+    standardised Monte Carlo returns of the sampled-token reward) or "token_kl" (temoe extension: the
+    full-vocabulary reverse KL(π_θ ‖ teacher) at every visited position, the expectation the reward samples; far lower
+    variance for the same rollouts, at the cost of one teacher-forced teacher forward per step and no credit
+    assignment to later tokens)."""
     update_policy: bool = True
     """Run the intra-option policy update (Alg. 2 lines 17–19). False trains the controller only."""
 
@@ -113,6 +125,14 @@ class TrainConfig:
     """accelerate mixed precision: "no", "bf16" or "fp16" (GPU). RL arithmetic always stays float32."""
     report_to: tuple[str, ...] = field(default_factory=tuple)
     """Extra loggers: "tensorboard" and/or "wandb" (only if installed). metrics.jsonl is always written."""
+    eval_every: int = 0
+    """Every this many steps (and before the first and after the last), roll out the controller on a fixed
+    batch of `eval_prompts` probe prompts with fixed sampling seeds, without updating anything, and append
+    the reward and switch rate to `eval.jsonl`. Same prompts and seeds at every probe, so the curve shows what
+    training changed without the prompt-mix noise of `rollout/reward`. 0 = off."""
+    eval_prompts: int = 16
+    """Probe prompts: the last ones of the first epoch's prompt order, held out from training while
+    steps × prompts_per_step <= usable prompts − eval_prompts (a warning says when they are not)."""
     progress: bool = True
     """Show a progress bar on the main process."""
     cpu_threads: int = 0
@@ -126,6 +146,16 @@ class TrainConfig:
 
         if self.k_hat < 1:
             raise bad("k_hat", "must be >= 1 (and >= the model's top-k, checked when the model is loaded)")
+        if not 0.0 <= self.selection_context_decay < 1.0:
+            raise bad("selection_context_decay", "must be in [0, 1) (0 = the paper's selection from h_t)")
+        if self.initial_option not in ("router", "selection"):
+            raise bad("initial_option", "valid values are router, selection")
+        if self.policy_loss not in ("reinforce", "token_kl"):
+            raise bad("policy_loss", "valid values are reinforce, token_kl")
+        if self.eval_every < 0:
+            raise bad("eval_every", "must be >= 0 (0 = no probes)")
+        if self.eval_prompts < 1 or self.eval_prompts % num_processes:
+            raise bad("eval_prompts", f"must be >= 1 and divisible by the {num_processes} process(es)")
         if not 0.0 <= self.tau < 1.0:
             raise bad("tau", "must be in [0, 1): the student must keep some probability mass")
         if not 0.0 < self.top_p <= 1.0:

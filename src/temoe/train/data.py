@@ -62,9 +62,28 @@ class PromptSource:
             out.append(int(perm[offset]))
         return out
 
+    def probe_indices(self, count: int) -> list[int]:
+        """`count` fixed prompt indices for held-out probes: the last `count` of the first epoch's
+        permutation, which training reaches only after `len(prompts) - count` prompts (`probe_held_out`)."""
+        n = len(self.prompts)
+        if not 0 < count <= n:
+            raise ValueError(f"probe prompt count must be in [1, {n}] (the usable prompts), got {count}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003))
+        return [int(i) for i in perm[n - count:]]
+
+    def probe_held_out(self, count: int, steps: int) -> bool:
+        """True when `steps` training steps never reach the probe prompts."""
+        return steps * self.per_step <= len(self.prompts) - count
+
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[Tensor, Tensor]:
         """(ids (B, P) long left-padded, mask (B, P) bool) for this process, B = per_step / world."""
-        idx = self.indices(step)
+        return self._pad(self.indices(step), rank, world)
+
+    def probe_batch(self, count: int, rank: int = 0, world: int = 1) -> tuple[Tensor, Tensor]:
+        """Like `batch`, for the fixed probe prompts (`probe_indices`)."""
+        return self._pad(self.probe_indices(count), rank, world)
+
+    def _pad(self, idx: list[int], rank: int, world: int) -> tuple[Tensor, Tensor]:
         b = len(idx) // world
         seqs = [self.prompts[i] for i in idx[rank * b : (rank + 1) * b]]
         width = max(len(s) for s in seqs)

@@ -22,6 +22,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_probes(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of `RUN/eval.jsonl` (the fixed-prompt probes of `TrainConfig.eval_every`); [] if none."""
+    path = Path(run_dir) / "eval.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class MetricsLogger:
     """Append one record per step to metrics.jsonl; mirror to TensorBoard/W&B if asked and installed."""
 
@@ -44,14 +52,16 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.eval_path = Path(run_dir) / "eval.jsonl"
         # On resume, drop records of steps after the checkpoint: they are about to be re-run (no repeats).
-        if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        for path in (self.path, self.eval_path):
+            if path.exists():
+                kept = [
+                    line
+                    for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step
+                ]
+                path.write_text("".join(line + "\n" for line in kept))
         if "tensorboard" in report_to and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -81,6 +91,23 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k.split("/")[-1]: f"{clean[k]:.4g}" for k in _BAR_KEYS if k in clean})
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        """Append one probe record (`TrainConfig.eval_every`) to eval.jsonl; scalars to TensorBoard/W&B."""
+        if not self.enabled:
+            return
+        with self.eval_path.open("a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        scalars = {k: v for k, v in record.items() if k.startswith("eval/") and isinstance(v, float)
+                   and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, int(record["step"]))
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=int(record["step"]))
+        if self.bar is not None:
+            self.bar.write(f"probe at step {record['step']}: " + ", ".join(
+                f"{k.split('/')[-1]} {v:.4g}" for k, v in scalars.items()))
 
     def close(self) -> None:
         if self.bar is not None:

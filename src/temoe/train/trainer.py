@@ -32,6 +32,7 @@ from temoe.rl import (
     selection_loss,
     standardize,
     termination_loss,
+    token_kl_loss,
     token_log_probs,
 )
 from temoe.rollout.generate import RolloutBatch, position_ids_from_mask, rollout
@@ -43,7 +44,7 @@ from temoe.train.logging import MetricsLogger
 log = logging.getLogger("temoe.train")
 
 #: Config keys that may change when resuming (everything else must match the saved run).
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "progress", "report_to"}
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "progress", "report_to", "eval_every"}
 
 
 @dataclass
@@ -72,8 +73,9 @@ class ControllerReplay(nn.Module):
         super().__init__()
         self.controller = controller
 
-    def forward(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor, selected: Tensor):
-        return tuple(self.controller.replay(hidden, options_prev, decisions, selected))
+    def forward(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor, selected: Tensor,
+                selection_input: Tensor | None = None):
+        return tuple(self.controller.replay(hidden, options_prev, decisions, selected, selection_input))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,6 +167,7 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
     valid = batch.valid
     n = valid.sum(1).clamp_min(1).float()
     reward = (batch.logp_teacher - batch.logp_student).mul(valid).sum(1) / n  # neg. KL per token
+    kl = (batch.kl * valid).sum(1) / n  # exact KL per token at the visited states
     teacher_ppl = torch.exp(-(batch.logp_teacher * valid).sum(1) / n)
     traj = batch.trajectory
     masks = traj.option_masks(num_experts)  # (B, T', L, N)
@@ -177,6 +180,7 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
     dec = traj.decision_mask  # (B, T')
     return {
         "reward": reward,
+        "kl": kl,
         "teacher_ppl": teacher_ppl,
         "length": valid.sum(1).float(),
         "switch_rate": torch.tensor(switch),
@@ -230,6 +234,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         expert_embed_dim=config.expert_embed_dim,
         hidden=config.controller_hidden,
         termination_bias_init=config.termination_bias_init,
+        selection_context_decay=config.selection_context_decay,
+        initial_option=config.initial_option,
     )
     controller = OptionController.from_handle(handle, ctrl_config).to(accelerator.device)
     peft_model = add_lora(
@@ -293,6 +299,68 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     rollout_model = ddp_model if sharded else peft_model
     records: list[dict[str, Any]] = []
 
+    probe_text: dict[str, Tensor] = {}  # the teacher's continuations of the probe prompts (fixed: made once)
+
+    def probe(step: int) -> None:
+        """Held-out probes without updates (`eval_every`), appended to eval.jsonl: (1) an on-policy rollout
+        with fixed seeds (reward, exact KL, switch rate) and (2) the exact KL on fixed text, the teacher's own
+        continuations of the same prompts (sampled once, with a fixed seed), with the controller online. (2)
+        visits the same states at every probe, so its change is what training did, free of sampling noise."""
+        ids, mask = prompts.probe_batch(num_probes, rank, world)
+        ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+        device = accelerator.device
+
+        def gens() -> list[torch.Generator]:
+            return [torch.Generator(device=device).manual_seed(config.seed * 7919 + 104729 * k + rank)
+                    for k in (1, 2)]
+
+        common = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                      top_p=config.top_p, eos_token_ids=eos_ids, pad_token_id=pad_id, early_stop=not sharded)
+        peft_model.eval()
+        if "tokens" not in probe_text:
+            g = gens()
+            probe_text["tokens"] = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=1.0,
+                                           generator=g[0], controller_generator=g[1], **common).tokens
+        g = gens()
+        batch = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=config.tau, generator=g[0],
+                        controller_generator=g[1], **common)
+        g = gens()
+        fixed = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=config.tau, generator=g[0],
+                        controller_generator=g[1], forced_tokens=probe_text["tokens"], **common)
+        per_seq = {}
+        for prefix, b in (("", batch), ("fixed_", fixed)):
+            stats = rollout_stats(b, handle.num_experts)
+            stats.pop("betas")
+            per_seq.update({prefix + k: accelerator.gather(v.to(device)).cpu() for k, v in stats.items()})
+
+        def mean(v: Tensor) -> float:
+            v = v[~v.isnan()]
+            return float(v.mean()) if v.numel() else float("nan")
+
+        logger.log_eval({"step": step, "eval/reward": mean(per_seq["reward"]), "eval/kl": mean(per_seq["kl"]),
+                         "eval/switch_rate": mean(per_seq["switch_rate"]),
+                         "eval/teacher_ppl": mean(per_seq["teacher_ppl"]),
+                         "eval/response_tokens": mean(per_seq["length"]),
+                         "eval/fixed_kl": mean(per_seq["fixed_kl"]),
+                         "eval/fixed_switch_rate": mean(per_seq["fixed_switch_rate"]),
+                         "reward_per_prompt": per_seq["reward"].tolist(),
+                         "kl_per_prompt": per_seq["kl"].tolist(),
+                         "switch_rate_per_prompt": per_seq["switch_rate"].tolist(),
+                         "fixed_kl_per_prompt": per_seq["fixed_kl"].tolist()})
+
+    num_probes = config.eval_prompts
+    if config.eval_every:
+        if num_probes > len(prompts.prompts):
+            num_probes = len(prompts.prompts) - len(prompts.prompts) % world
+            log.warning("eval_prompts=%d exceeds the %d usable prompts: probing %d", config.eval_prompts,
+                        len(prompts.prompts), num_probes)
+        if not prompts.probe_held_out(num_probes, config.steps) and accelerator.is_main_process:
+            log.warning("the %d probe prompts are also trained on: %d steps x %d prompts exceed the %d "
+                        "usable prompts minus the probes", num_probes, config.steps, config.prompts_per_step,
+                        len(prompts.prompts))
+        if start_step == 0:
+            probe(0)
+
     for step in range(start_step + 1, config.steps + 1):
         t_start = time.perf_counter()
         # ---- Alg. 2 lines 2–13: rollout with the controller online and teacher-mixed sampling ------------
@@ -325,7 +393,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         valid = traj.valid  # equals _pad_columns(batch.valid, Tc)
 
         # ---- controller losses (lines 3–16 of "Algorithm 2 continued"), one batched replay --------------
-        out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected)
+        out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected, traj.selection_input)
         beta, q_prev, q_exec, value, log_prob = out
         targets = option_critic_targets(
             rewards, value, q_prev, q_exec, beta, valid, batch.terminated, gamma=config.gamma, lam=config.lam
@@ -358,6 +426,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
                 advantages,
                 config,
                 traj.option_masks(handle.num_experts)[:, :T],
+                teacher_model=rollout_model,
+                teacher=teacher,
             )
             grad_policy = accelerator.clip_grad_norm_(policy_params, config.grad_clip)
             opt_policy.step()
@@ -389,6 +459,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         record = {"step": step, **_mean_over_processes(accelerator, local)}
         for key in (
             "reward",
+            "kl",
             "switch_rate",
             "repeat_fraction",
             "teacher_ppl",
@@ -405,6 +476,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         record["perf/step_s"] = step_time
         logger.log(record)
         records.append(record)
+
+        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            probe(step)
 
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
             ckpt = save_checkpoint(
@@ -446,18 +520,24 @@ def _policy_update(
     advantages: Tensor,
     config: TrainConfig,
     option_masks: Tensor,
+    teacher_model=None,
+    teacher=None,
 ) -> float:
     """Backward of −Σ w_t Ĝ_t log π_θ(a_t) / Σ w_t (Alg. 2 line 19) in micro-batches; returns the loss.
 
     Teacher-forced forward over prompt + response[:-1] with the recorded option masks at the controlled
     positions (`recorded_mask_fn`), so π_θ is the distribution the tokens were sampled under.
+    With `config.policy_loss == "token_kl"` the loss is instead the full-vocabulary KL(π_θ ‖ teacher) at the
+    same positions (`token_kl_loss`); the teacher's logits come from `teacher_model` (the same weights) under
+    the `teacher()` context, without gradients.
     """
     B, P = batch.prompt_ids.shape
     T = batch.tokens.shape[1]
     ids = torch.cat([batch.prompt_ids, batch.tokens[:, :-1]], dim=1)  # (B, P + T − 1)
     attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.tokens[:, :-1], dtype=torch.bool)], dim=1)
     positions = position_ids_from_mask(attn)
-    w = batch.weights * batch.valid
+    # each micro-batch's share of the loss normaliser: Σ w (reinforce) or the token count (token_kl)
+    w = batch.weights * batch.valid if config.policy_loss == "reinforce" else batch.valid.float()
     w_total = w.sum().clamp_min(1e-12)
     mb = config.micro_batch_size or B
     chunks = list(range(0, B, mb))
@@ -466,6 +546,16 @@ def _policy_update(
         sl = slice(start, start + mb)
         sync = n == len(chunks) - 1
         ctx = accelerator.no_sync(ddp_model) if not sync else nullcontext()
+        teacher_logits = None
+        if config.policy_loss == "token_kl":
+            with torch.no_grad(), teacher():
+                teacher_logits = teacher_model(
+                    input_ids=ids[sl],
+                    attention_mask=attn[sl].long(),
+                    position_ids=positions[sl],
+                    use_cache=False,
+                    logits_to_keep=T,
+                ).logits
         with ctx, handle.restrict(recorded_mask_fn(option_masks[sl], start=P - 1)):
             logits = ddp_model(
                 input_ids=ids[sl],
@@ -474,9 +564,13 @@ def _policy_update(
                 use_cache=False,
                 logits_to_keep=T,
             ).logits  # (b, T, V): predicts a_0..a_{T−1}
-            logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
-            loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
-            loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's Σ w normaliser
+            if teacher_logits is None:
+                logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
+                loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
+            else:
+                loss, _ = token_kl_loss(logits / config.temperature, teacher_logits / config.temperature,
+                                        batch.valid[sl])
+            loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's normaliser
             accelerator.backward(loss)
         total += float(loss.detach())
     return total
