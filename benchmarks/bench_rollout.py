@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--k-hat", type=int, default=None, help="default N/2")
     p.add_argument("--controller-hidden", type=int, default=1024)
+    p.add_argument("--selection-context-decay", type=float, default=0.0,
+                   help="ControllerConfig.selection_context_decay (the tiny trainer config uses 0.9)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     handle = temoe.wrap(model)
     k_hat = args.k_hat or handle.num_experts // 2
     controller = OptionController.from_handle(
-        handle, ControllerConfig(k_hat=k_hat, hidden=args.controller_hidden)
+        handle, ControllerConfig(k_hat=k_hat, hidden=args.controller_hidden,
+                                 selection_context_decay=args.selection_context_decay)
     )
     t_plain = _best(lambda: _loop(model, ids, T, nullcontext, lambda: None, g), args.repeats)
 
