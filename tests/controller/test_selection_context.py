@@ -127,3 +127,24 @@ def test_decay_zero_records_no_context_and_bad_values_fail():
     c, _ = make_controller()
     with pytest.raises(ValueError, match="selection_mode must be 'sample' or 'greedy'"):
         c.new_state(1, selection_mode="top")
+
+
+def test_selection_temperature_scales_the_logits_everywhere():
+    from temoe.controller.options import selection_log_prob
+
+    torch.manual_seed(0)
+    cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=0.0,
+                           selection_temperature=0.5)
+    c = OptionController(L, N, TOPK, H, cfg)
+    c.router_logits = lambda i, h: h.float() @ c.layers[i].selection.weight.T
+    state, _ = rollout(c, torch.randn(2, 4, H), None, 15)
+    traj = state.trajectory()
+    switches = traj.decisions & traj.decision_mask[..., None]
+    assert switches.sum() > 3
+    raw = torch.stack([c.layers[i].selection(traj.hidden[:, :, i]) for i in range(L)], dim=2)  # f_sel(h)
+    expected = selection_log_prob(raw / 0.5, traj.selected, 0.0)
+    torch.testing.assert_close(traj.log_probs[switches], expected[switches], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c.replay_trajectory(traj).log_prob[switches], expected[switches],
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="selection_temperature"):
+        ControllerConfig(k_hat=2, selection_temperature=0.0)

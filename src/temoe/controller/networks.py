@@ -62,6 +62,7 @@ class LayerController(nn.Module):
         self.q_head = _mlp(hidden_size + d, d)
         self.value = nn.Linear(hidden_size, 1)
         self.selection = nn.Linear(hidden_size, num_experts)
+        self.selection_temperature = config.selection_temperature
         self.reset_heads(config)
 
     @torch.no_grad()
@@ -113,5 +114,7 @@ class LayerController(nn.Module):
         return self.value(h.float()).squeeze(-1)
 
     def selection_logits(self, h: Tensor) -> Tensor:
-        """c_t = f_sel(h_t): h (..., H) -> (..., N)."""
-        return self.selection(h.float())
+        """c_t = f_sel(h_t) / T: h (..., H) -> (..., N) (T = `ControllerConfig.selection_temperature`, 1 by
+        default)."""
+        logits = self.selection(h.float())
+        return logits if self.selection_temperature == 1.0 else logits / self.selection_temperature

@@ -48,6 +48,8 @@ class TrainConfig:
     selection_context_decay: float = 0.0
     """Selection head input: 0 = h_t (the paper); d in (0, 1) = a causal moving average of h with decay d
     (temoe extension, `ControllerConfig.selection_context_decay`)."""
+    selection_temperature: float = 1.0
+    """Plackett–Luce temperature of the selection policy (`ControllerConfig.selection_temperature`; 1 = paper)."""
     initial_option: str = "router"
     """ω_0: "router" (the paper's router top-k̂ at t = 0) or "selection" (top-k̂ of the selection head, which
     reads the moving average; `ControllerConfig.initial_option`)."""
@@ -148,6 +150,8 @@ class TrainConfig:
             raise bad("k_hat", "must be >= 1 (and >= the model's top-k, checked when the model is loaded)")
         if not 0.0 <= self.selection_context_decay < 1.0:
             raise bad("selection_context_decay", "must be in [0, 1) (0 = the paper's selection from h_t)")
+        if not self.selection_temperature > 0:
+            raise bad("selection_temperature", "must be > 0 (1 = the paper's Plackett-Luce over c_t)")
         if self.initial_option not in ("router", "selection"):
             raise bad("initial_option", "valid values are router, selection")
         if self.policy_loss not in ("reinforce", "token_kl"):

@@ -236,6 +236,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         termination_bias_init=config.termination_bias_init,
         selection_context_decay=config.selection_context_decay,
         initial_option=config.initial_option,
+        selection_temperature=config.selection_temperature,
     )
     controller = OptionController.from_handle(handle, ctrl_config).to(accelerator.device)
     peft_model = add_lora(
