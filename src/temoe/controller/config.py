@@ -55,8 +55,8 @@ class ControllerConfig:
     is learned; at initialisation it is the router's top-k̂ of the averaged state)."""
 
     selection_temperature: float = 1.0
-    """Temperature T of the selection policy: Plackett–Luce over c_t / T (temoe extension; 1 = the paper). Below
-    1 the draws at terminations keep more of the top-k̂ of c_t (at initialisation the router's), above 1 they
+    """Temperature T of the selection policy: Plackett–Luce over c_t / T (temoe extension; 1 = the paper).
+    Below 1 the draws at terminations keep more of the top-k̂ of c_t (at initialisation the router's), above 1 they
     explore more. The recorded and replayed log-probs use the same T."""
 
     norm_eps: float = 1e-6
@@ -71,7 +71,8 @@ class ControllerConfig:
             raise ValueError("ControllerConfig.selection_context_decay must be in [0, 1), "
                              f"got {self.selection_context_decay}")
         if not self.selection_temperature > 0:
-            raise ValueError(f"ControllerConfig.selection_temperature must be > 0, got {self.selection_temperature}")
+            raise ValueError("ControllerConfig.selection_temperature must be > 0, "
+                             f"got {self.selection_temperature}")
         if self.initial_option not in ("router", "selection"):
             raise ValueError("ControllerConfig.initial_option must be 'router' or 'selection', "
                              f"got {self.initial_option!r}")

@@ -49,7 +49,7 @@ class TrainConfig:
     """Selection head input: 0 = h_t (the paper); d in (0, 1) = a causal moving average of h with decay d
     (temoe extension, `ControllerConfig.selection_context_decay`)."""
     selection_temperature: float = 1.0
-    """Plackett–Luce temperature of the selection policy (`ControllerConfig.selection_temperature`; 1 = paper)."""
+    """Plackett–Luce temperature of the selection (`ControllerConfig.selection_temperature`; 1 = paper)."""
     initial_option: str = "router"
     """ω_0: "router" (the paper's router top-k̂ at t = 0) or "selection" (top-k̂ of the selection head, which
     reads the moving average; `ControllerConfig.initial_option`)."""
@@ -106,9 +106,9 @@ class TrainConfig:
     policy_loss: str = "reinforce"
     """Intra-option objective: "reinforce" (the paper, Alg. 2 line 19: −Σ w_t Ĝ_t log π_θ(a_t) with
     standardised Monte Carlo returns of the sampled-token reward) or "token_kl" (temoe extension: the
-    full-vocabulary reverse KL(π_θ ‖ teacher) at every visited position, the expectation the reward samples; far lower
-    variance for the same rollouts, at the cost of one teacher-forced teacher forward per step and no credit
-    assignment to later tokens)."""
+    full-vocabulary reverse KL(π_θ ‖ teacher) at every visited position, the expectation the reward
+    samples; far lower variance for the same rollouts, at the cost of one teacher-forced teacher forward per
+    step and no credit assignment to later tokens)."""
     update_policy: bool = True
     """Run the intra-option policy update (Alg. 2 lines 17–19). False trains the controller only."""
 
