@@ -1,4 +1,5 @@
-"""Run by `accelerate launch` in test_distributed.py: train two steps, write this process's parameters."""
+"""Run by `accelerate launch` in test_distributed.py: train two steps (selection context and held-out probes on),
+write this process's parameters."""
 
 import os
 import sys
@@ -15,7 +16,7 @@ out = Path(sys.argv[1])
 config = load_config(
     None,
     {**TINY_TRAIN, "prompts_per_step": 4, "max_new_tokens": 5, "steps": 2, "checkpoint_every": 0,
-     "out_dir": str(out)},
+     "out_dir": str(out), "selection_context_decay": 0.9, "eval_every": 1, "eval_prompts": 4},
 )
 result = train(config)
 rank = int(os.environ.get("RANK", "0"))  # the process group is closed after train()

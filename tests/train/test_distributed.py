@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) through `accelerate launch`: the run completes and the replicas stay in sync."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,5 +54,9 @@ def test_two_process_accelerate_launch_keeps_replicas_in_sync(tmp_path):
     m1 = torch.load(tmp_path / "metrics_rank1.pt")
     assert m0[-1]["rollout/reward"] == m1[-1]["rollout/reward"]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    # the held-out probes ran on both processes (2 prompts each) and were gathered into one record per probe
+    probes = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 1, 2]
+    assert all(len(p["fixed_kl_per_prompt"]) == len(p["reward_per_prompt"]) == 4 for p in probes)
     # the step changed the weights (the sync is not trivially "nothing moved")
     assert any("lora_B" in k and bool(a[k].abs().sum() > 0) for k in a)
