@@ -275,19 +275,24 @@ def _probe_section(out: Path, runs: dict[str, Path], report: Path) -> None:
              "same prompts (made once), the same states at every probe, so its per-prompt reduction from the "
              "first probe measures what training changed without sampling noise. Bootstrap 95% intervals "
              "over prompts.", "",
-             "| run | step | reward | KL | KL on fixed text | its reduction vs step 0 | switch rate |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| run | step | reward | KL | its reduction vs step 0 | KL on fixed text | its reduction vs step 0 "
+             "| switch rate |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def cell(g: dict, key: str) -> str:
         return f"{g[key]:.3f}" if key in g else "–"
 
+    def reduction(g: dict, key: str) -> str:
+        if f"{key}_reduction" not in g:
+            return "–"
+        lo, hi = g[f"{key}_reduction_ci"]
+        return f"{g[f'{key}_reduction']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
     for label, rows in gains.items():
         for g in rows:
-            red = (f"{g['fixed_kl_reduction']:+.4f} [{g['fixed_kl_reduction_ci'][0]:+.4f}, "
-                   f"{g['fixed_kl_reduction_ci'][1]:+.4f}]" if "fixed_kl_reduction" in g else "–")
             lines.append(f"| {label} | {g['step']} | {g['reward']:+.3f} [{g['reward_ci'][0]:+.3f}, "
-                         f"{g['reward_ci'][1]:+.3f}] | {cell(g, 'kl')} | {cell(g, 'fixed_kl')} | {red} | "
-                         f"{100 * g['switch_rate']:.2f}% |")
+                         f"{g['reward_ci'][1]:+.3f}] | {cell(g, 'kl')} | {reduction(g, 'kl')} | "
+                         f"{cell(g, 'fixed_kl')} | {reduction(g, 'fixed_kl')} | {100 * g['switch_rate']:.2f}% |")
     if figure is not None:
         lines += ["", f"![probes]({figure.relative_to(out)})", ""]
     with report.open("a") as f:
