@@ -275,8 +275,8 @@ def _probe_section(out: Path, runs: dict[str, Path], report: Path) -> None:
              "same prompts (made once), the same states at every probe, so its per-prompt reduction from the "
              "first probe measures what training changed without sampling noise. Bootstrap 95% intervals "
              "over prompts.", "",
-             "| run | step | reward | KL | its reduction vs step 0 | KL on fixed text | its reduction vs step 0 "
-             "| switch rate |",
+             "| run | step | reward | KL | its reduction vs step 0 | KL on fixed text "
+             "| its reduction vs step 0 | switch rate |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def cell(g: dict, key: str) -> str:
@@ -292,7 +292,8 @@ def _probe_section(out: Path, runs: dict[str, Path], report: Path) -> None:
         for g in rows:
             lines.append(f"| {label} | {g['step']} | {g['reward']:+.3f} [{g['reward_ci'][0]:+.3f}, "
                          f"{g['reward_ci'][1]:+.3f}] | {cell(g, 'kl')} | {reduction(g, 'kl')} | "
-                         f"{cell(g, 'fixed_kl')} | {reduction(g, 'fixed_kl')} | {100 * g['switch_rate']:.2f}% |")
+                         f"{cell(g, 'fixed_kl')} | {reduction(g, 'fixed_kl')} | "
+                         f"{100 * g['switch_rate']:.2f}% |")
     if figure is not None:
         lines += ["", f"![probes]({figure.relative_to(out)})", ""]
     with report.open("a") as f:
