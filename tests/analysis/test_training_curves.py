@@ -81,3 +81,25 @@ def test_paired_gain_needs_shared_steps(tmp_path):
     (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"step": 7, "rollout/reward": -0.3}) + "\n")
     with pytest.raises(ValueError, match="share no logged step"):
         paired_gain(tmp_path / "a", tmp_path / "b")
+
+
+def test_probe_gain_pairs_prompts_and_plot_probes(tmp_path):
+    from temoe.analysis.training_curves import plot_probes, probe_gain
+
+    assert probe_gain(tmp_path) == [] and plot_probes([tmp_path], tmp_path / "figs") is None
+    base = [0.30, 0.10, 0.20, 0.40]
+    rows = []
+    for step, drop in ((0, 0.0), (10, 0.05)):
+        kl = [k - drop for k in base]
+        rows.append({"step": step, "reward_per_prompt": [-k for k in kl], "kl_per_prompt": kl,
+                     "fixed_kl_per_prompt": kl, "switch_rate_per_prompt": [0.1, 0.2, float("nan"), 0.3]})
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gains = probe_gain(tmp_path)
+    assert [g["step"] for g in gains] == [0, 10] and gains[0]["prompts"] == 4
+    assert gains[0]["gain"] == 0.0 and gains[0]["kl_reduction"] == 0.0
+    # every prompt improved by exactly 0.05: the paired interval is a point, the unpaired one is wide
+    assert gains[1]["gain"] == pytest.approx(0.05) and gains[1]["fixed_kl_reduction"] == pytest.approx(0.05)
+    assert gains[1]["kl_reduction_ci"] == pytest.approx([0.05, 0.05])
+    assert gains[1]["kl_ci"][1] - gains[1]["kl_ci"][0] > 0.05
+    assert gains[1]["switch_rate"] == pytest.approx(0.2)  # NaN (a one-token answer) left out
+    assert plot_probes([tmp_path], tmp_path / "figs").is_file()

@@ -185,7 +185,9 @@ def probe_gain(run_dir: str | Path, resamples: int = 1000, seed: int = 0) -> lis
 
 
 def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | None:
-    """`probe_reward.png`: probe reward, switch rate and KL by step with 95% intervals (None: no probes)."""
+    """`probe_reward.png` (None without probes): probe reward and switch rate by step (95% intervals over
+    prompts), and the paired change of each KL from the first probe (95% intervals of the per-prompt change;
+    below 0 = closer to the teacher)."""
     runs = [(Path(d), probe_gain(d)) for d in run_dirs]
     runs = [(d, g) for d, g in runs if g]
     if not runs:
@@ -206,18 +208,24 @@ def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | N
         steps = np.array([g["step"] for g in gains], dtype=float)
         colour = colours[c % len(colours)]
         for ax, key in zip(axes, keys):
-            mean = np.array([g[key] for g in gains])
-            lo = np.array([g[f"{key}_ci"][0] for g in gains])
-            hi = np.array([g[f"{key}_ci"][1] for g in gains])
+            if key in ("kl", "fixed_kl"):  # paired change from the first probe: −reduction
+                mean = -np.array([g[f"{key}_reduction"] for g in gains])
+                lo = -np.array([g[f"{key}_reduction_ci"][1] for g in gains])
+                hi = -np.array([g[f"{key}_reduction_ci"][0] for g in gains])
+            else:
+                mean = np.array([g[key] for g in gains])
+                lo = np.array([g[f"{key}_ci"][0] for g in gains])
+                hi = np.array([g[f"{key}_ci"][1] for g in gains])
             ax.plot(steps, mean, "o-", color=colour, label=_label(d))
             ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
     n = runs[0][1][0]["prompts"]
     axes[0].set_title(f"Probe reward (neg. KL/token), {n} held-out prompts, fixed seeds")
     axes[1].set_title("Probe switch rate")
-    titles = {"kl": "Probe KL(student ‖ teacher)/token, own samples",
-              "fixed_kl": "Probe KL/token on fixed teacher text"}
+    titles = {"kl": "Change of KL/token from step 0, own samples",
+              "fixed_kl": "Change of KL/token from step 0, fixed teacher text"}
     for ax, key in zip(axes[2:], keys[2:]):
         ax.set_title(titles[key])
+        ax.axhline(0.0, color="black", linewidth=0.8)
     for ax in axes:
         ax.set_xlabel("Training step")
         ax.grid(alpha=0.3)
