@@ -85,6 +85,9 @@ def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
     """(model, tokenizer, eos ids, pad id); the one place that decides the weight dtype (and logs why).
 
     `testing:MODEL_TYPE` builds `temoe.testing.tiny_model(MODEL_TYPE)` (no tokenizer: prompts are synthetic).
+    `gpt-oss-20b-random[:LAYERS]` builds the real gpt-oss-20b shape with random bf16 weights directly on the
+    accelerator's device, with the character tokenizer (`temoe.serve.models`; for memory and step-time
+    benchmarks, `benchmarks/bench_train_step.py`; CPU needs a layer count).
     Local gpt-oss MXFP4 checkpoints load with `Mxfp4Config(dequantize=True)` in bf16 (§5).
     """
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
@@ -93,6 +96,17 @@ def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
 
         model = tiny_model(config.model.split(":", 1)[1], seed=0, dtype=dtype or torch.float32)
         return model, None, [model.config.eos_token_id], model.config.pad_token_id
+    if config.model.split(":", 1)[0] == "gpt-oss-20b-random":
+        from temoe.serve.models import gpt_oss_20b_random
+
+        _, _, layers = config.model.partition(":")
+        if layers and not layers.isdigit():
+            raise ValueError(f"config key model={config.model!r}: expected gpt-oss-20b-random[:LAYERS], "
+                             "LAYERS a positive integer")
+        model, tokenizer = gpt_oss_20b_random(accelerator.device, int(layers) if layers else None,
+                                              seed=config.seed)
+        log.info("dtype policy: gpt-oss-20b-shaped random model in bf16 on %s", accelerator.device)
+        return model, tokenizer, [tokenizer.eos_token_id], tokenizer.pad_token_id
     path = Path(config.model)
     quant = {}
     if (path / "config.json").is_file():
