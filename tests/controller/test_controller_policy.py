@@ -9,10 +9,13 @@ from temoe.options import indices_to_mask
 L, N, TOPK, H, K = 2, 8, 2, 12, 3
 
 
-def make_controller(bias: float = -3.0, epsilon: float = 0.0, control_prompt: bool = False, seed: int = 0):
+def make_controller(bias: float = -3.0, epsilon: float = 0.0, control_prompt: bool = False, seed: int = 0,
+                    **config):
+    """A controller whose selection heads and router logits come from one random router per layer; `config`:
+    further `ControllerConfig` fields (also used by test_selection_context.py)."""
     torch.manual_seed(seed)
     cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=bias,
-                           epsilon=epsilon, control_prompt=control_prompt)
+                           epsilon=epsilon, control_prompt=control_prompt, **config)
     c = OptionController(L, N, TOPK, H, cfg)
     router_w = torch.randn(L, N, H)
     for i, layer in enumerate(c.layers):

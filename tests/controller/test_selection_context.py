@@ -3,24 +3,17 @@ h feeding the selection head, recorded for replay, plus `initial_option="selecti
 
 import pytest
 import torch
+from test_controller_policy import H, K, L, N
+from test_controller_policy import make_controller as make_base_controller
 
-from temoe.controller import ControllerConfig, OptionController
+from temoe.controller import ControllerConfig
 from temoe.options import indices_to_mask
 
-L, N, TOPK, H, K = 2, 8, 2, 12, 3
 D = 0.8
 
 
 def make_controller(decay: float = D, initial: str = "router", bias: float = -1.0):
-    torch.manual_seed(0)
-    cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=bias,
-                           selection_context_decay=decay, initial_option=initial)
-    c = OptionController(L, N, TOPK, H, cfg)
-    router_w = torch.randn(L, N, H)
-    for i, layer in enumerate(c.layers):
-        layer.init_selection_from_router(router_w[i], None)
-    c.router_logits = lambda i, h: h.float() @ router_w[i].T
-    return c, router_w
+    return make_base_controller(bias=bias, selection_context_decay=decay, initial_option=initial)
 
 
 def moving_average(hs: list[torch.Tensor], decay: float) -> torch.Tensor:
@@ -132,11 +125,7 @@ def test_decay_zero_records_no_context_and_bad_values_fail():
 def test_selection_temperature_scales_the_logits_everywhere():
     from temoe.controller.options import selection_log_prob
 
-    torch.manual_seed(0)
-    cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=0.0,
-                           selection_temperature=0.5)
-    c = OptionController(L, N, TOPK, H, cfg)
-    c.router_logits = lambda i, h: h.float() @ c.layers[i].selection.weight.T
+    c, _ = make_base_controller(bias=0.0, selection_temperature=0.5)
     state, _ = rollout(c, torch.randn(2, 4, H), None, 15)
     traj = state.trajectory()
     switches = traj.decisions & traj.decision_mask[..., None]

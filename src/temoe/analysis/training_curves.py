@@ -51,6 +51,15 @@ FIGURES = (
 )
 
 
+def _bootstrap_ci(vals: np.ndarray, resamples: int, rng: np.random.Generator) -> list[float]:
+    """Bootstrap 95% interval [2.5, 97.5 percentiles] of the mean of the finite `vals` (NaN if none)."""
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return [float("nan"), float("nan")]
+    boot = rng.choice(vals, size=(resamples, vals.size), replace=True).mean(axis=1)
+    return [float(x) for x in np.percentile(boot, [2.5, 97.5])]
+
+
 def running_mean_band(
     values: np.ndarray, window: int = 20, resamples: int = 1000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,8 +75,7 @@ def running_mean_band(
         if len(w) == 0:
             continue
         mean[s] = w.mean()
-        boot = rng.choice(w, size=(resamples, len(w)), replace=True).mean(axis=1)
-        lo[s], hi[s] = np.percentile(boot, [2.5, 97.5])
+        lo[s], hi[s] = _bootstrap_ci(w, resamples, rng)
     return mean, lo, hi
 
 
@@ -96,10 +104,8 @@ def paired_gain(run_dir: str | Path, baseline_dir: str | Path, key: str = "rollo
     for chunk in np.array_split(np.arange(len(steps)), min(windows, len(steps))):
         vals = diff[chunk]
         vals = vals[np.isfinite(vals)]
-        boot = rng.choice(vals, size=(resamples, len(vals)), replace=True).mean(axis=1)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
         out.append({"steps": [steps[chunk[0]], steps[chunk[-1]]], "mean": float(vals.mean()),
-                    "ci": [float(lo), float(hi)]})
+                    "ci": _bootstrap_ci(vals, resamples, rng)})
     return {"steps": steps, "diff": diff.tolist(), "windows": out}
 
 
@@ -141,14 +147,6 @@ def _probes(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _bootstrap_ci(vals: np.ndarray, resamples: int, rng: np.random.Generator) -> list[float]:
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return [float("nan"), float("nan")]
-    boot = rng.choice(vals, size=(resamples, vals.size), replace=True).mean(axis=1)
-    return [float(x) for x in np.percentile(boot, [2.5, 97.5])]
 
 
 def probe_gain(run_dir: str | Path, resamples: int = 1000, seed: int = 0) -> list[dict]:

@@ -138,10 +138,14 @@ class OptionState:
         """
         d = self.context_decay
         B, S, H = hidden.shape
-        decay = d ** torch.arange(S - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (S,)
-        w = weight.float() * (1.0 - d) * decay  # (B, S)
-        num = torch.einsum("bs,bsh->bh", w, hidden.float())
-        den = w.sum(1, keepdim=True)
+        if S == 1:  # a decode step (the hot path): no decay table
+            den = weight.float() * (1.0 - d)  # (B, 1)
+            num = den * hidden[:, 0].float()
+        else:
+            decay = d ** torch.arange(S - 1, -1, -1, device=hidden.device, dtype=torch.float32)  # (S,)
+            w = weight.float() * (1.0 - d) * decay  # (B, S)
+            num = torch.einsum("bs,bsh->bh", w, hidden.float())
+            den = w.sum(1, keepdim=True)
         prev = self._context[i]
         if prev is not None:
             num, den = num + prev[0] * d**S, den + prev[1] * d**S

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, GptOssConfig, GptOssForCausalLM
 
@@ -101,7 +100,8 @@ class PretrainConfig:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"PretrainConfig.{key} must be in [0, 1], got {getattr(self, key)}")
         if not 0.0 <= self.context_mask_decay < 1.0:
-            raise ValueError(f"PretrainConfig.context_mask_decay must be in [0, 1), got {self.context_mask_decay}")
+            raise ValueError("PretrainConfig.context_mask_decay must be in [0, 1), "
+                             f"got {self.context_mask_decay}")
         if self.context_mask_segment_mean < 1.0:
             raise ValueError(f"PretrainConfig.context_mask_segment_mean must be >= 1 token, "
                              f"got {self.context_mask_segment_mean}")
@@ -124,8 +124,8 @@ def _check_init_from(cfg: PretrainConfig) -> None:
     if src is not None:
         config = AutoConfig.from_pretrained(resolve_model_path(src))
         if config.model_type != "gpt_oss":
-            raise ValueError(f"--init-from {src!r} is a {config.model_type!r} model; continued pretraining of the "
-                             f"embedded model supports gpt_oss only")
+            raise ValueError(f"--init-from {src!r} is a {config.model_type!r} model; continued pretraining "
+                             "of the embedded model supports gpt_oss only")
         num_experts, top_k = config.num_local_experts, config.num_experts_per_tok
     if cfg.context_mask_fraction > 0:
         bad = [k for k in cfg.context_mask_k_hats if not top_k <= k <= num_experts]
@@ -385,7 +385,8 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
         print(f"[temoe] resumed from {ckpt_path} at step {step}")
     elif cfg.revive_dead_experts:
         probe = [make_batch(corpus, tokenizer, cfg, -1 - j).to(cfg.device) for j in range(4)]
-        for layer, dead, src in revive_dead_experts(model, probe, seed=cfg.seed, min_share=cfg.revive_min_share):
+        revived = revive_dead_experts(model, probe, seed=cfg.seed, min_share=cfg.revive_min_share)
+        for layer, dead, src in revived:
             print(f"[temoe] revived dead expert {dead} of MoE layer {layer} as a copy of expert {src}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     n_params = sum(p.numel() for p in model.parameters())
@@ -408,16 +409,17 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
 
     handle = None
     if cfg.context_mask_fraction > 0:
+        from temoe.controller.policy import router_logits_from_handle
         from temoe.moe.wrap import wrap
 
         handle = wrap(model)
-        routers = [model.model.layers[j].mlp.router for j in handle.layer_indices]
+        router_logits = router_logits_from_handle(handle)
         current: dict[str, MaskPlan] = {}
 
         def mask_fn(i: int, hidden: torch.Tensor) -> torch.Tensor:
             plan = current["plan"]
             with torch.no_grad():
-                logits = F.linear(hidden, routers[i].weight, routers[i].bias)
+                logits = router_logits(i, hidden)
             if plan.kind == "segment":
                 return segment_masks(logits, plan.k_hat, plan.starts)
             if plan.kind == "segment-sampled":

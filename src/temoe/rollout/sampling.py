@@ -73,10 +73,7 @@ def mixed_sample(
     q = nucleus(p_mix, top_p)
     tokens = torch.multinomial(q, 1, generator=generator).squeeze(-1)  # (B,)
     pick = tokens.unsqueeze(-1)
-    log_s, log_t = torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
-    logp_student = log_s.gather(-1, pick).squeeze(-1)
-    logp_teacher = log_t.gather(-1, pick).squeeze(-1)
-    kl = (log_s.exp() * (log_s - log_t)).sum(-1)
+    logp_student, logp_teacher, kl = _scores(s, t, pick)
     q_a = q.gather(-1, pick).squeeze(-1)
     weight = p_student_temp.gather(-1, pick).squeeze(-1) / q_a
     return MixedSample(
@@ -96,15 +93,20 @@ def forced_sample(student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor
     weight is 1 and logp_sampled is the teacher's log-prob (the fixed text comes from the teacher in
     `temoe.train` probes).
     """
-    s, t = student_logits.float(), teacher_logits.float()
-    log_s, log_t = torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
-    pick = tokens.unsqueeze(-1)
-    logp_teacher = log_t.gather(-1, pick).squeeze(-1)
+    logp_student, logp_teacher, kl = _scores(student_logits.float(), teacher_logits.float(), tokens[:, None])
     return MixedSample(
         tokens=tokens,
-        logp_student=log_s.gather(-1, pick).squeeze(-1),
+        logp_student=logp_student,
         logp_teacher=logp_teacher,
         logp_sampled=logp_teacher,
         weight=torch.ones_like(logp_teacher),
-        kl=(log_s.exp() * (log_s - log_t)).sum(-1),
+        kl=kl,
     )
+
+
+def _scores(s: Tensor, t: Tensor, pick: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Temperature-1 log p_student(a), log p_teacher(a) of the tokens `pick` (B, 1) and the exact
+    KL(p_student ‖ p_teacher) over the vocabulary, each (B,), from float32 logits s, t (B, V)."""
+    log_s, log_t = torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+    kl = (log_s.exp() * (log_s - log_t)).sum(-1)
+    return log_s.gather(-1, pick).squeeze(-1), log_t.gather(-1, pick).squeeze(-1), kl

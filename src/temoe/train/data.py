@@ -58,9 +58,13 @@ class PromptSource:
         n, out, start = len(self.prompts), [], step * self.per_step
         for pos in range(start, start + self.per_step):
             epoch, offset = divmod(pos, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-            out.append(int(perm[offset]))
+            out.append(int(self._permutation(epoch)[offset]))
         return out
+
+    def _permutation(self, epoch: int) -> Tensor:
+        """The seeded prompt order of `epoch`."""
+        n = len(self.prompts)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
 
     def probe_indices(self, count: int) -> list[int]:
         """`count` fixed prompt indices for held-out probes: the last `count` of the first epoch's
@@ -68,8 +72,7 @@ class PromptSource:
         n = len(self.prompts)
         if not 0 < count <= n:
             raise ValueError(f"probe prompt count must be in [1, {n}] (the usable prompts), got {count}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003))
-        return [int(i) for i in perm[n - count:]]
+        return [int(i) for i in self._permutation(0)[n - count:]]
 
     def probe_held_out(self, count: int, steps: int) -> bool:
         """True when `steps` training steps never reach the probe prompts."""

@@ -79,15 +79,7 @@ class MetricsLogger:
         clean = {k: (float(v) if not isinstance(v, int | str) else v) for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean, allow_nan=True) + "\n")
-        step = int(clean["step"])
-        scalars = {
-            k: v for k, v in clean.items() if k != "step" and isinstance(v, float) and math.isfinite(v)
-        }
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
+        self._mirror(clean)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k.split("/")[-1]: f"{clean[k]:.4g}" for k in _BAR_KEYS if k in clean})
@@ -98,16 +90,22 @@ class MetricsLogger:
             return
         with self.eval_path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
-        scalars = {k: v for k, v in record.items() if k.startswith("eval/") and isinstance(v, float)
-                   and math.isfinite(v)}
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, int(record["step"]))
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=int(record["step"]))
+        scalars = self._mirror(record)  # the eval/ scalars; the per-prompt lists are not mirrored
         if self.bar is not None:
             self.bar.write(f"probe at step {record['step']}: " + ", ".join(
                 f"{k.split('/')[-1]} {v:.4g}" for k, v in scalars.items()))
+
+    def _mirror(self, record: dict[str, Any]) -> dict[str, float]:
+        """Send the record's finite float scalars (not `step`) to TensorBoard / W&B; returns them."""
+        step = int(record["step"])
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, float) and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        return scalars
 
     def close(self) -> None:
         if self.bar is not None:

@@ -561,24 +561,14 @@ def _policy_update(
         sl = slice(start, start + mb)
         sync = n == len(chunks) - 1
         ctx = accelerator.no_sync(ddp_model) if not sync else nullcontext()
+        inputs = dict(input_ids=ids[sl], attention_mask=attn[sl].long(), position_ids=positions[sl],
+                      use_cache=False, logits_to_keep=T)
         teacher_logits = None
         if config.policy_loss == "token_kl":
             with torch.no_grad(), teacher():
-                teacher_logits = teacher_model(
-                    input_ids=ids[sl],
-                    attention_mask=attn[sl].long(),
-                    position_ids=positions[sl],
-                    use_cache=False,
-                    logits_to_keep=T,
-                ).logits
+                teacher_logits = teacher_model(**inputs).logits
         with ctx, handle.restrict(recorded_mask_fn(option_masks[sl], start=P - 1)):
-            logits = ddp_model(
-                input_ids=ids[sl],
-                attention_mask=attn[sl].long(),
-                position_ids=positions[sl],
-                use_cache=False,
-                logits_to_keep=T,
-            ).logits  # (b, T, V): predicts a_0..a_{T−1}
+            logits = ddp_model(**inputs).logits  # (b, T, V): predicts a_0..a_{T−1}
             if teacher_logits is None:
                 logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
                 loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
