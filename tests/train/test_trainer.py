@@ -127,3 +127,5 @@ def test_bad_policy_loss_and_probe_settings_fail_naming_the_key(tmp_path):
 def test_bad_gpt_oss_20b_random_layer_count_fails_naming_the_form(tmp_path):
     with pytest.raises(ValueError, match=r"gpt-oss-20b-random\[:LAYERS\]"):
         train(_config(tmp_path, model="gpt-oss-20b-random:two", steps=1))
+    with pytest.raises(ValueError, match=r"gpt-oss-20b-random\[:LAYERS\]"):  # 0 layers is not "full depth"
+        train(_config(tmp_path, model="gpt-oss-20b-random:0", steps=1))

@@ -100,7 +100,7 @@ def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
         from temoe.serve.models import gpt_oss_20b_random
 
         _, _, layers = config.model.partition(":")
-        if layers and not layers.isdigit():
+        if layers and not (layers.isdigit() and int(layers) > 0):
             raise ValueError(f"config key model={config.model!r}: expected gpt-oss-20b-random[:LAYERS], "
                              "LAYERS a positive integer")
         model, tokenizer = gpt_oss_20b_random(accelerator.device, int(layers) if layers else None,
