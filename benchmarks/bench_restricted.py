@@ -17,6 +17,9 @@ need no controller, all through the shared masked-routing path (`MoEHandle.restr
                   over the prompt and every generated token) instead of one token's router logits
                   (--ema-space logits: a moving average of router logits, which is the router applied to a
                   moving average of hidden states)
+  demand-τ        the option is kept until the router's probability mass outside it, at the current token,
+                  exceeds τ; then re-chosen as the top-k̂ of the moving average (--decay, --ema-space) that now
+                  includes this token (what `ControllerConfig.termination_demand` starts a controller near)
   task_frequency  one static mask per layer: the k̂ experts most used over the task's base completions (the
                   frequency baseline calibrated on the test task itself, an optimistic version of it)
 
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema-space", choices=["probs", "logits"], default="probs",
                    help="average router probabilities (default) or router logits, i.e. the router applied to "
                         "a moving average of hidden states, which a linear selection head can compute")
+    p.add_argument("--demand", default="",
+                   help="thresholds τ of the demand-τ policies, comma-separated (e.g. 0.5,0.7; default none)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
@@ -108,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
         switch_definition = "mask"
 
-        def __init__(self, period: int | None, decay: float | None = None):
-            self.period, self.k_hat, self.decay = period, k_hat, decay
+        def __init__(self, period: int | None, decay: float | None = None, demand: float | None = None):
+            self.period, self.k_hat, self.decay, self.demand = period, k_hat, decay, demand
             self.name = ("sticky" if period is None else f"periodic-{period}") + ("" if decay is None else "-ema")
+            if demand is not None:
+                self.name = f"demand-{demand:g}"
 
         def start(self, batch_size: int):
             self.option: list[torch.Tensor | None] = [None] * L
@@ -143,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                 option = top(i, hidden)  # keeps the moving average current
                 if self.period is not None and self.calls[i] % self.period == 0:
                     self.option[i] = option
+                if self.demand is not None:  # re-choose where the router's mass outside the option > τ
+                    probs = router_logits(i, hidden[:, -1]).softmax(-1)
+                    outside = (probs * ~self.option[i]).sum(-1)
+                    self.option[i] = torch.where((outside > self.demand)[:, None], option, self.option[i])
                 self.history[i].append(self.option[i])
                 return self.option[i][:, None].expand(B, S, N)
 
@@ -159,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             return temoe.metrics.switch_rate(options), int((options[1:] & ~options[:-1]).sum())
 
     periods = [int(x) for x in args.periods.split(",") if x]
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.0, batch_size=args.batch_size)
+    demands = [float(x) for x in args.demand.split(",") if x]
+    if any(not 0 < x < 1 for x in demands):
+        raise SystemExit(f"--demand thresholds must be in (0, 1), got {args.demand}")
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           batch_size=args.batch_size)
     rows = []
     t0 = time.perf_counter()
     for task_name in args.tasks.split(","):
@@ -170,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                  L, N, k_hat)[0]
         sources = [PerSequence(usage), Periodic(None), *[Periodic(q) for q in periods],
                    Periodic(None, args.decay), *[Periodic(q, args.decay) for q in periods],
+                   *[Periodic(None, args.decay, x) for x in demands],
                    StaticMaskSource(freq, "task_frequency")]
         rows.append((task_name, "base", base["accuracy"], base["switch_rate"]))
         for source in sources:
@@ -178,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     print(f"hardware: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; model {args.model} (L={L}, N={N}, k={handle.top_k}), k̂={k_hat}, "
-          f"greedy, {args.limit} questions per task, {time.perf_counter() - t0:.0f} s")
+          f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature:g}'}, "
+          f"{args.limit} questions per task, {time.perf_counter() - t0:.0f} s")
     print(f"{'task':<18}{'policy':<18}{'accuracy':>10}{'switch rate':>13}")
     for task_name, name, acc, rate in rows:
         rate_s = "-" if rate is None or rate != rate else f"{rate:.3f}"

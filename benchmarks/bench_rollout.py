@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller-hidden", type=int, default=1024)
     p.add_argument("--selection-context-decay", type=float, default=0.0,
                    help="ControllerConfig.selection_context_decay (the tiny trainer config uses 0.9)")
+    p.add_argument("--termination-demand", type=float, default=0.0,
+                   help="ControllerConfig.termination_demand (the tiny config: 20, threshold 0.6)")
+    p.add_argument("--termination-demand-threshold", type=float, default=0.6)
+    p.add_argument("--termination-bias-init", type=float, default=-3.0,
+                   help="ControllerConfig.termination_bias_init (the tiny config: 0, with the demand term)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -105,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     k_hat = args.k_hat or handle.num_experts // 2
     controller = OptionController.from_handle(
         handle, ControllerConfig(k_hat=k_hat, hidden=args.controller_hidden,
-                                 selection_context_decay=args.selection_context_decay)
+                                 selection_context_decay=args.selection_context_decay,
+                                 termination_demand=args.termination_demand,
+                                 termination_demand_threshold=args.termination_demand_threshold,
+                                 termination_bias_init=args.termination_bias_init)
     )
     t_plain = _best(lambda: _loop(model, ids, T, nullcontext, lambda: None, g), args.repeats)
 

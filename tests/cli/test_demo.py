@@ -35,6 +35,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert all(set(r) >= {"accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci"} for r in rows)
     report = (run / "report.md").read_text()
     assert "| Controller (η = 0.02) |" in report and "Base-model switch rate" in report
+    assert "Controllers evaluated in sample mode" in report
     assert (run / "survey.json").exists() and (run / "train" / "eta0.02" / "DONE").exists()
     assert list((run / "figures").glob("activations_controller_eta0.02_k4_layer*.png"))
     # The frozen same-seed run: identical parameters at step 1, so the paired reward gain starts at exactly 0.
@@ -49,3 +50,10 @@ def test_demo_end_to_end_and_resume(tmp_path):
     again = run_demo(cfg)  # every stage is cached: nothing is recomputed
     assert (run / "eval" / "base-mmlu.json").stat().st_mtime_ns == stamp
     assert again["summary"] == result["summary"]
+
+
+def test_demo_refuses_an_unknown_controller_mode(tmp_path):
+    with pytest.raises(ValueError, match="controller_mode must be 'sample' or 'greedy', got 'argmax'"):
+        DemoConfig.quick(str(tmp_path), controller_mode="argmax")
+    with pytest.raises(ValueError, match="selection_mode"):
+        DemoConfig.quick(str(tmp_path), selection_mode="top")

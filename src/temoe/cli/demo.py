@@ -63,6 +63,12 @@ class DemoConfig:
     same prompts per step, so the difference shows what training changed without the prompt mix. Off by
     default: the runs' held-out probes (`eval_every`, report section "Held-out probes") measure the same
     thing on fixed prompts at no extra training run (CLI: --frozen-baseline)."""
+    controller_mode: str = "sample"
+    """How the evaluated controllers act: "sample" (d_t ~ Bernoulli(β_t), Plackett–Luce selection; the paper's
+    likely mode, digest §3) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
+    selection_mode: str | None = None
+    """Override only how an option is chosen at a termination ("greedy": top-k̂ of the selection logits);
+    None: as `controller_mode`."""
     checkpoints: dict[float, str] = field(default_factory=dict)
     """Use these existing checkpoints (η -> dir) instead of training."""
     survey_per_category: int = 20
@@ -79,6 +85,12 @@ class DemoConfig:
     """Seed of question sampling, generation and calibration (§5: 42)."""
     progress: bool = True
     """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        for name in ("controller_mode", "selection_mode"):
+            value = getattr(self, name)
+            if value not in ("sample", "greedy") and not (name == "selection_mode" and value is None):
+                raise ValueError(f"DemoConfig.{name} must be 'sample' or 'greedy', got {value!r}")
 
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
@@ -203,6 +215,8 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
             bar.set_description(f"eval {stem}")
             summary, _ = evaluate_method(ctrl_handle, tokenizer, task, method, cfg.k_hat,
                                          generation=generation, controller=controller, eta=eta,
+                                         controller_mode=cfg.controller_mode,
+                                         selection_mode=cfg.selection_mode,
                                          calibration=calibration, cache_dir=Path(cfg.out) / "cache",
                                          records_path=eval_dir / f"{stem}.jsonl",
                                          progress=lambda done, total: bar.set_postfix_str(f"{done}/{total}"))
@@ -246,9 +260,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         pre.append(f"Base-model switch rate on the survey prompts (n = {overall['n']}): "
                    f"{100 * overall['k_tilde']['mean']:.1f}% at k̂ = k̃ = {survey['k_tilde']}, "
                    f"{100 * overall['k_hat']['mean']:.1f}% at k̂ = {survey['k_hat']}.")
+    if checkpoints:
+        selection = cfg.selection_mode or cfg.controller_mode
+        terminations = "sampled, d_t ~ Bernoulli(β_t)" if cfg.controller_mode == "sample" else "d_t = [β_t >= 0.5]"
+        options = ("sampled from the Plackett–Luce policy" if selection == "sample"
+                   else "the top-k̂ of the selection logits")
+        pre.append(f"Controllers evaluated in {cfg.controller_mode} mode (terminations {terminations}; options "
+                   f"at a termination {options}).")
     runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
     report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
-                          tasks=list(cfg.tasks), runs=runs, preamble="\n".join(pre))
+                          tasks=list(cfg.tasks), runs=runs, preamble="\n\n".join(pre))
     if checkpoints and not cfg.checkpoints:
         _probe_section(out, runs, report)
     if checkpoints and cfg.frozen_baseline and not cfg.checkpoints:
@@ -338,6 +359,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="ETA=DIR",
                    help="use an existing controller checkpoint for η instead of training")
     p.add_argument("--limit", type=int, help="questions per task")
+    p.add_argument("--controller-mode", choices=["sample", "greedy"],
+                   help="how the controllers act in evaluation (default: the demo config's)")
+    p.add_argument("--selection-mode", choices=["sample", "greedy"],
+                   help="override only how an option is chosen at a termination (default: the demo config's)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--train-steps", type=int)
     p.add_argument("--frozen-baseline", action="store_true",
@@ -368,7 +393,8 @@ def run(args) -> int:
                                                                  progress=not args.no_progress)
     updates: dict[str, Any] = {}
     for key, value in (("k_hat", args.k_hat), ("limit", args.limit), ("max_new_tokens", args.max_new_tokens),
-                       ("train_steps", args.train_steps)):
+                       ("train_steps", args.train_steps), ("controller_mode", args.controller_mode),
+                       ("selection_mode", args.selection_mode)):
         if value is not None:
             updates[key] = value
     if args.frozen_baseline:

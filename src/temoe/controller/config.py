@@ -59,6 +59,21 @@ class ControllerConfig:
     Below 1 the draws at terminations keep more of the top-k̂ of c_t (at initialisation the router's), above 1 they
     explore more. The recorded and replayed log-probs use the same T."""
 
+    termination_demand: float = 0.0
+    """Scale s of the demand term of the termination logit (temoe extension, not in the paper; 0 = off, the
+    paper's β). With s > 0, logit β_t = f_β([h_t; z(ω_{t-1})]) + s · (m_t − τ), where m_t is the router's
+    probability mass outside the current option at this token, m_t = Σ_{j ∉ ω_{t-1}} softmax(router(h_t))_j
+    (a sigmoid-scored router's logits are softmaxed the same way), and τ = `termination_demand_threshold`.
+    s and τ are learned per layer (initialised from these fields), f_β corrects them. Why: whether to switch
+    depends on whether the token needs experts the option lacks, a product of h_t and ω_{t-1} that a freshly
+    initialised MLP does not compute. On the embedded model (temperature 0.5), terminating exactly when
+    m_t > 0.5 and re-choosing from the selection context scores 99 / 91 / 90 % math / MC / multilingual at 4-6 %
+    switching, against 89 / 90.5 / 87 % for keeping the first option (BENCHMARKS.md). Set
+    `termination_bias_init` to 0 with it, so that β = 1/2 at m_t = τ."""
+
+    termination_demand_threshold: float = 0.5
+    """τ of `termination_demand`: the outside mass at which the demand term is zero."""
+
     norm_eps: float = 1e-6
     """Epsilon of the RMSNorms on h and z (gpt-oss uses 1e-6)."""
 
@@ -76,5 +91,11 @@ class ControllerConfig:
         if self.initial_option not in ("router", "selection"):
             raise ValueError("ControllerConfig.initial_option must be 'router' or 'selection', "
                              f"got {self.initial_option!r}")
+        if not self.termination_demand >= 0:
+            raise ValueError("ControllerConfig.termination_demand must be >= 0 (0 = off), "
+                             f"got {self.termination_demand}")
+        if not 0.0 < self.termination_demand_threshold < 1.0:
+            raise ValueError("ControllerConfig.termination_demand_threshold must be in (0, 1), "
+                             f"got {self.termination_demand_threshold}")
         if self.expert_embed_dim < 1 or self.hidden < 1:
             raise ValueError("ControllerConfig.expert_embed_dim and ControllerConfig.hidden must be >= 1")

@@ -40,6 +40,14 @@ class SetEncoder(nn.Module):
         return self.table()[ids].mean(-2)
 
 
+def outside_mass(router_logits: Tensor, option: Tensor) -> Tensor:
+    """m = Σ_{j ∉ ω} softmax(router_logits)_j: router_logits (..., N), option ids (..., K) -> (...) float32.
+
+    Computed as 1 − (mass inside), clamped to [0, 1] against rounding."""
+    probs = router_logits.float().softmax(-1)
+    return (1.0 - probs.gather(-1, option).sum(-1)).clamp(0.0, 1.0)
+
+
 def _mlp(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
@@ -63,6 +71,12 @@ class LayerController(nn.Module):
         self.value = nn.Linear(hidden_size, 1)
         self.selection = nn.Linear(hidden_size, num_experts)
         self.selection_temperature = config.selection_temperature
+        # Demand term of the termination logit (ControllerConfig.termination_demand): learned s and τ.
+        self.demand_scale: nn.Parameter | None = None
+        self.demand_threshold: nn.Parameter | None = None
+        if config.termination_demand > 0:
+            self.demand_scale = nn.Parameter(torch.tensor(float(config.termination_demand)))
+            self.demand_threshold = nn.Parameter(torch.tensor(float(config.termination_demand_threshold)))
         self.reset_heads(config)
 
     @torch.no_grad()
@@ -91,15 +105,30 @@ class LayerController(nn.Module):
         z = self.set_encoder(ids)
         return torch.cat([self.h_norm(h), self.z_norm(z)], dim=-1)
 
-    def termination_logit(self, h: Tensor, option_prev: Tensor, z_normed: Tensor | None = None) -> Tensor:
+    @property
+    def uses_demand(self) -> bool:
+        """Whether β_t has the demand term (`ControllerConfig.termination_demand` > 0)."""
+        return self.demand_scale is not None
+
+    def termination_logit(self, h: Tensor, option_prev: Tensor, z_normed: Tensor | None = None,
+                          outside_mass: Tensor | None = None) -> Tensor:
         """h (..., H), ω_{t-1} ids (..., K) -> logit of β_t (...).
 
         z_normed: RMSNorm(z(ω_{t-1})) when the caller already has it (`option_embedding`), e.g. an online
         rollout whose option did not change since the last token; the result is identical.
+        outside_mass: m_t (...), the router's probability mass outside ω_{t-1} (`outside_mass`); required
+        when the demand term is on, which adds s · (m_t − τ).
         """
         if z_normed is None:
-            return self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
-        return self.termination(torch.cat([self.h_norm(h.float()), z_normed], dim=-1)).squeeze(-1)
+            logit = self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
+        else:
+            logit = self.termination(torch.cat([self.h_norm(h.float()), z_normed], dim=-1)).squeeze(-1)
+        if self.demand_scale is None:
+            return logit
+        if outside_mass is None:
+            raise ValueError("this controller's termination has the demand term (termination_demand > 0): "
+                             "pass outside_mass, the router's probability mass outside ω_{t-1}")
+        return logit + self.demand_scale * (outside_mass.float() - self.demand_threshold)
 
     def option_embedding(self, option: Tensor) -> Tensor:
         """RMSNorm(z(ω)) for ids (..., K) -> (..., D), the option half of the β and Q inputs."""

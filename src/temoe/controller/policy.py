@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from temoe.controller.config import ControllerConfig
-from temoe.controller.networks import LayerController
+from temoe.controller.networks import LayerController, outside_mass
 from temoe.controller.options import (
     indices_to_mask,
     initial_option,
@@ -62,6 +62,10 @@ class Trajectory:
     selection_input: Tensor | None = None
     """(B, T, L, H) float32 h̄_t, the selection head's input, when `ControllerConfig.selection_context_decay`
     > 0 and hidden states are recorded (None otherwise: the selection head reads `hidden`)."""
+    outside_mass: Tensor | None = None
+    """(B, T, L) float32 m_t, the router's probability mass outside ω_{t-1} at h_t (0 at initial columns),
+    when `ControllerConfig.termination_demand` > 0 (None otherwise). Recorded, so the replay uses the router
+    the rollout used."""
 
     @property
     def options_prev(self) -> Tensor:
@@ -173,7 +177,7 @@ class OptionState:
             zeros = torch.zeros(B, dtype=torch.float32, device=omega0.device)
             self._columns[i].append(dict(option=omega0, selected=omega0, decision=torch.zeros_like(valid),
                                          beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0,
-                                         sel_input=context0))
+                                         sel_input=context0, outside=zeros))
             self.option[i] = omega0
             self.started[i] = valid.clone()
             self._all_started[i] = bool(valid.all())
@@ -197,12 +201,15 @@ class OptionState:
 
         hidden = stack("hidden") if self.record_hidden else None
         context = stack("sel_input") if self.record_hidden and self.context_decay > 0 else None
+        # m_t is recorded at controlled columns only with the demand term on (initial columns hold zeros)
+        has_outside = all(c["outside"] is not None for cols in self._columns for c in cols)
+        outside = stack("outside") if has_outside else None
         first = self._columns[0]
         return Trajectory(options=stack("option"), selected=stack("selected"), decisions=stack("decision"),
                           betas=stack("beta"), log_probs=stack("log_prob"),
                           valid=torch.stack([c["valid"] for c in first], dim=1),
                           initial=torch.stack([c["initial"] for c in first], dim=1), hidden=hidden,
-                          selection_input=context)
+                          selection_input=context, outside_mass=outside)
 
     def option_masks(self) -> Tensor:
         """(B, T, L, N) bool: the option mask at every controlled position (for `temoe.metrics`)."""
@@ -399,7 +406,11 @@ class OptionController(nn.Module):
             cached = state._z_cache[i]
             if cached is None or cached[0] is not option_prev:
                 cached = state._z_cache[i] = (option_prev, layer.option_embedding(option_prev))
-            beta = torch.sigmoid(layer.termination_logit(h, option_prev, z_normed=cached[1]))  # (B,)
+            mass = None
+            if layer.uses_demand:  # m_t: the router's probability mass outside ω_{t-1}
+                mass = outside_mass(router_logits(i, h[:, None])[:, 0], option_prev)
+            beta = torch.sigmoid(layer.termination_logit(h, option_prev, z_normed=cached[1],
+                                                         outside_mass=mass))  # (B,)
             if state.mode == "sample":
                 d = torch.bernoulli(beta, generator=state.generator).bool()
             else:
@@ -429,6 +440,7 @@ class OptionController(nn.Module):
                 selected = torch.where(init_rows[:, None], omega0, selected)
                 beta = beta.masked_fill(init_rows, 0.0)
                 log_prob = log_prob.masked_fill(init_rows, 0.0)
+                mass = None if mass is None else mass.masked_fill(init_rows, 0.0)
 
             state.option[i] = option
             state.started[i] = started | init_rows
@@ -436,7 +448,8 @@ class OptionController(nn.Module):
             state._columns[i].append(dict(option=option, selected=selected, decision=d, beta=beta,
                                           log_prob=log_prob, valid=valid, initial=init_rows,
                                           hidden=h.clone() if state.record_hidden else None,
-                                          sel_input=context if state.record_hidden else None))
+                                          sel_input=context if state.record_hidden else None,
+                                          outside=mass))
             if not state._all_started[i]:
                 mask = indices_to_mask(option, self.num_experts)
                 masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
@@ -448,14 +461,16 @@ class OptionController(nn.Module):
         return torch.stack(masks, dim=1)
 
     def replay(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor,
-               selected: Tensor, selection_input: Tensor | None = None) -> ReplayOutput:
+               selected: Tensor, selection_input: Tensor | None = None,
+               outside_mass: Tensor | None = None) -> ReplayOutput:
         """Recompute β, Q(h, ω_{t-1}), Q(h, ω_t), V and log π_sel for a recorded trajectory, with gradients.
 
         hidden (B, T, L, H), options_prev (B, T, L, K) = ω_{t-1}, decisions (B, T, L) bool,
         selected (B, T, L, K) -> ReplayOutput of (B, T, L) float32. The option sequence is in the record,
         so this is vectorised over time (a loop over the L layers only).
         ω_t = selected where d_t, else ω_{t-1}. selection_input (B, T, L, H): h̄_t for the selection head
-        (`Trajectory.selection_input`); None: the head reads `hidden`.
+        (`Trajectory.selection_input`); None: the head reads `hidden`. outside_mass (B, T, L): m_t of the
+        termination's demand term (`Trajectory.outside_mass`; required when it is on).
         """
         outs = []
         for i, layer in enumerate(self.layers):
@@ -463,7 +478,8 @@ class OptionController(nn.Module):
             h_sel = h if selection_input is None else selection_input[:, :, i].float()
             option = torch.where(decisions[:, :, i, None], sel, prev)
             outs.append(ReplayOutput(
-                beta=torch.sigmoid(layer.termination_logit(h, prev)),
+                beta=torch.sigmoid(layer.termination_logit(
+                    h, prev, outside_mass=None if outside_mass is None else outside_mass[:, :, i])),
                 q_prev=layer.option_value(h, prev),
                 q_exec=layer.option_value(h, option),
                 value=layer.state_value(h),
@@ -477,4 +493,4 @@ class OptionController(nn.Module):
             raise ValueError("the trajectory has no hidden states: record with new_state(record_hidden=True) "
                              "or call replay(hidden, ...) with states from a traced forward")
         return self.replay(trajectory.hidden, trajectory.options_prev, trajectory.decisions,
-                           trajectory.selected, trajectory.selection_input)
+                           trajectory.selected, trajectory.selection_input, trajectory.outside_mass)

@@ -50,6 +50,11 @@ class TrainConfig:
     (temoe extension, `ControllerConfig.selection_context_decay`)."""
     selection_temperature: float = 1.0
     """Plackett–Luce temperature of the selection (`ControllerConfig.selection_temperature`; 1 = paper)."""
+    termination_demand: float = 0.0
+    """Scale s of the termination's demand term s · (m_t − τ), m_t the router's probability mass outside the
+    current option (temoe extension, `ControllerConfig.termination_demand`; 0 = off, the paper)."""
+    termination_demand_threshold: float = 0.5
+    """τ of the demand term (`ControllerConfig.termination_demand_threshold`)."""
     initial_option: str = "router"
     """ω_0: "router" (the paper's router top-k̂ at t = 0) or "selection" (top-k̂ of the selection head, which
     reads the moving average; `ControllerConfig.initial_option`)."""
@@ -152,6 +157,10 @@ class TrainConfig:
             raise bad("selection_context_decay", "must be in [0, 1) (0 = the paper's selection from h_t)")
         if not self.selection_temperature > 0:
             raise bad("selection_temperature", "must be > 0 (1 = the paper's Plackett-Luce over c_t)")
+        if not self.termination_demand >= 0:
+            raise bad("termination_demand", "must be >= 0 (0 = the paper's termination, no demand term)")
+        if not 0.0 < self.termination_demand_threshold < 1.0:
+            raise bad("termination_demand_threshold", "must be in (0, 1): a probability mass")
         if self.initial_option not in ("router", "selection"):
             raise bad("initial_option", "valid values are router, selection")
         if self.policy_loss not in ("reinforce", "token_kl"):

@@ -74,8 +74,9 @@ class ControllerReplay(nn.Module):
         self.controller = controller
 
     def forward(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor, selected: Tensor,
-                selection_input: Tensor | None = None):
-        return tuple(self.controller.replay(hidden, options_prev, decisions, selected, selection_input))
+                selection_input: Tensor | None = None, outside_mass: Tensor | None = None):
+        return tuple(self.controller.replay(hidden, options_prev, decisions, selected, selection_input,
+                                            outside_mass))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,6 +252,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         selection_context_decay=config.selection_context_decay,
         initial_option=config.initial_option,
         selection_temperature=config.selection_temperature,
+        termination_demand=config.termination_demand,
+        termination_demand_threshold=config.termination_demand_threshold,
     )
     controller = OptionController.from_handle(handle, ctrl_config).to(accelerator.device)
     peft_model = add_lora(
@@ -408,7 +411,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         valid = traj.valid  # equals _pad_columns(batch.valid, Tc)
 
         # ---- controller losses (lines 3–16 of "Algorithm 2 continued"), one batched replay --------------
-        out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected, traj.selection_input)
+        out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected, traj.selection_input,
+                         traj.outside_mass)
         beta, q_prev, q_exec, value, log_prob = out
         targets = option_critic_targets(
             rewards, value, q_prev, q_exec, beta, valid, batch.terminated, gamma=config.gamma, lam=config.lam
