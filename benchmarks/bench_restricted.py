@@ -126,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             self.history: list[list[torch.Tensor]] = [[] for _ in range(L)]
 
             self.avg: list[torch.Tensor | None] = [None] * L
+            self.last: list[torch.Tensor | None] = [None] * L  # router logits at the newest position
 
             def top(i: int, hidden: torch.Tensor) -> torch.Tensor:
                 """Option for the newest position of hidden (B, S, H), updating the moving average."""
                 if self.decay is None:
                     return router_top(i, hidden[:, -1])
                 for s in range(hidden.shape[1]):  # prompt: left padding only adds a constant start
-                    probs = router_logits(i, hidden[:, s])
-                    probs = probs.softmax(-1) if args.ema_space == "probs" else probs
+                    self.last[i] = router_logits(i, hidden[:, s])
+                    probs = self.last[i].softmax(-1) if args.ema_space == "probs" else self.last[i]
                     prev = self.avg[i]
                     self.avg[i] = probs if prev is None else self.decay * prev + (1 - self.decay) * probs
                 ids = self.avg[i].topk(k_hat, -1).indices
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 if self.period is not None and self.calls[i] % self.period == 0:
                     self.option[i] = option
                 if self.demand is not None:  # re-choose where the router's mass outside the option > τ
-                    probs = router_logits(i, hidden[:, -1]).softmax(-1)
-                    outside = (probs * ~self.option[i]).sum(-1)
+                    outside = (self.last[i].softmax(-1) * ~self.option[i]).sum(-1)
                     self.option[i] = torch.where((outside > self.demand)[:, None], option, self.option[i])
                 self.history[i].append(self.option[i])
                 return self.option[i][:, None].expand(B, S, N)

@@ -15,12 +15,13 @@ import sys
 import time
 
 import torch
+from _kept import KeptOption
 
 import temoe
-from temoe.baselines import reconstruction as R
 from temoe.baselines.calibration import CalibrationConfig, calibration_sequences, collect_routing
+from temoe.baselines.reconstruction import greedy_reconstruction
 from temoe.controller.policy import router_logits_from_handle
-from temoe.eval.masks import MaskSource, StaticMaskSource
+from temoe.eval.masks import StaticMaskSource
 from temoe.eval.runner import GenerationConfig, evaluate
 from temoe.eval.tasks import load_task
 
@@ -36,83 +37,43 @@ L, N, K = handle.num_layers, handle.num_experts, 16
 cal = CalibrationConfig(num_prompts=128, max_total_tokens=256, seed=42)
 seqs = calibration_sequences(handle, tok, cal, "runs/explore-cache")
 stats = collect_routing(handle, seqs, 8, hidden_states=True)
-order = []
+# The greedy selection is prefix-consistent: the first c picks of a k̂ run are the picks of a c run, so a core
+# of c experts is the library's greedy reconstruction with k̂ = c (which needs c >= k̃).
+recon = torch.zeros(L, N, dtype=torch.bool)
+core = {c: torch.zeros(L, N, dtype=torch.bool) for c in cores}
 g = torch.Generator().manual_seed(42)
 for i, x in enumerate(stats.hidden):
-    keep = torch.randperm(x.shape[0], generator=g)[:4096]
-    x = x[keep]
-    logits = R.router_logits(handle, i, x)
-    outs = R.expert_outputs(handle, i, x)
-    target = R.restricted_output(
-        outs, *R.route_restricted(handle, i, logits, torch.ones(N, dtype=torch.bool))
-    )
-    chosen = torch.zeros(N, dtype=torch.bool)
-    o = []
-    for _ in range(K):
-        best, be = -1, float("inf")
-        for j in range(N):
-            if chosen[j]:
-                continue
-            t = chosen.clone()
-            t[j] = True
-            e = R.reconstruction_error(handle, i, logits, outs, t, target)
-            if e < be:
-                best, be = j, e
-        chosen[best] = True
-        o.append(best)
-    order.append(o)
-print("greedy order", order, flush=True)
+    x = x[torch.randperm(x.shape[0], generator=g)[:4096]]
+    recon[i] = greedy_reconstruction(handle, i, x, K)[0]
+    for c in cores:
+        if c > 0:
+            core[c][i] = greedy_reconstruction(handle, i, x, c)[0]
 rl = router_logits_from_handle(handle)
 
 
-class Core(MaskSource):
-    switch_definition = "mask"
+def core_chooser(c: int, decay: float = 0.9):
+    """Top-16 of a moving average of router logits with the c core experts forced in."""
 
-    def __init__(self, c, decay=0.9):
-        self.c, self.decay, self.k_hat, self.name = c, decay, K, f"core{c}"
-        self.core = torch.zeros(L, N, dtype=torch.bool)
-        for i in range(L):
-            self.core[i, order[i][:c]] = True
+    def make():
+        avg = [None] * L
 
-    def start(self, B):
-        self.option = [None] * L
-        self.avg = [None] * L
-        self.hist = [[] for _ in range(L)]
-
-        def top(i, hidden):
+        def choose(i, hidden):
             for s in range(hidden.shape[1]):
                 lg = rl(i, hidden[:, s])
-                p = self.avg[i]
-                self.avg[i] = lg if p is None else self.decay * p + (1 - self.decay) * lg
-            sc = self.avg[i].masked_fill(self.core[i], float("inf"))
-            ids = sc.topk(K, -1).indices
+                avg[i] = lg if avg[i] is None else decay * avg[i] + (1 - decay) * lg
+            ids = avg[i].masked_fill(core[c][i], float("inf")).topk(K, -1).indices
             return torch.zeros(hidden.shape[0], N, dtype=torch.bool).scatter_(1, ids, True)
 
-        def fn(i, hidden):
-            B_, S, _ = hidden.shape
-            if self.option[i] is None:
-                self.option[i] = top(i, hidden)
-                out = torch.ones(B_, S, N, dtype=torch.bool)
-                out[:, -1] = self.option[i]
-                self.hist[i].append(self.option[i])
-                return out
-            top(i, hidden)
-            self.hist[i].append(self.option[i])
-            return self.option[i][:, None].expand(B_, S, N)
+        return choose
 
-        return fn
-
-    def sequence_switches(self, b, rows, router_logits, expert_ids):
-        return (None, None) if rows.numel() < 2 else (0.0, 0)
+    return make
 
 
 cfg = GenerationConfig(max_new_tokens=64, temperature=temperature, batch_size=25)
-recon = torch.zeros(L, N, dtype=torch.bool)
-for i in range(L):
-    recon[i, order[i]] = True
 for t in tasks:
     task = load_task(t, limit=limit)
-    for src in [StaticMaskSource(recon, "recon")] + [Core(c) for c in cores]:
+    sources = [KeptOption(f"core{c}", K, L, N, core_chooser(c)) for c in cores]
+    for src in [StaticMaskSource(recon, "recon"), *sources]:
         t0 = time.time()
         s, _ = evaluate(handle, tok, task, src, cfg)
         print(f"{t:16s} {src.name:8s} acc {s['accuracy']:.3f}  ({time.time() - t0:.0f}s)", flush=True)

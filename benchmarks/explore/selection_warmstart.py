@@ -19,12 +19,12 @@ import time
 from importlib.resources import files
 
 import torch
+from _kept import KeptOption
 
 import temoe
 from temoe.baselines.calibration import CalibrationConfig, calibration_sequences, collect_routing
 from temoe.controller.options import plackett_luce_log_prob, sample_plackett_luce
 from temoe.controller.policy import router_logits_from_handle
-from temoe.eval.masks import MaskSource
 from temoe.eval.runner import GenerationConfig, evaluate
 from temoe.eval.tasks import load_task
 
@@ -38,7 +38,7 @@ specs = [s.split(":") for s in sys.argv[5].split(",")]
 model, tok = temoe.load_model("tiny")
 model.eval()
 handle = temoe.wrap(model)
-L, N, K, k, H = handle.num_layers, handle.num_experts, 16, handle.top_k, handle.hidden_size
+L, N, K, H = handle.num_layers, handle.num_experts, 16, handle.hidden_size
 prompts = str(files("temoe.embedded") / "data" / "prompts.jsonl")
 cal = CalibrationConfig(num_prompts=nprompts, max_total_tokens=256, seed=7, prompts_file=prompts)
 t0 = time.time()
@@ -53,7 +53,6 @@ for i in range(L):
     X, Y = [], []
     for h, ids in zip(stats.hidden[i].float().split(lens), stats.expert_ids[i].split(lens)):
         S = h.shape[0]
-        w = (1 - d) * d ** torch.arange(S, dtype=torch.float32)
         # h̄_t = sum_s d^{t-s}(1-d) h_s / sum_s d^{t-s}(1-d), via cumulative sums of scaled terms
         scale = d ** (-torch.arange(S, dtype=torch.float64))
         num = torch.cumsum(h.double() * scale[:, None], 0)
@@ -118,53 +117,28 @@ for gamma, steps, lam in grid:
 rl = router_logits_from_handle(handle)
 
 
-class Sel(MaskSource):
-    switch_definition = "mask"
+def head_chooser(heads, seltemp: float):
+    """The top-16 (seltemp 0) or a Plackett-Luce draw of a selection head (learned `heads`, or the router when
+    None) at the moving average of hidden states. One generator per source, shared by its batches."""
+    gen = torch.Generator().manual_seed(0)
 
-    def __init__(self, learned, period, seltemp, heads=None, tag=""):
-        self.heads = heads
-        self.learned, self.period, self.seltemp, self.k_hat = learned, period, seltemp, K
-        self.name = f"{tag if learned else 'router'}-p{period}-T{seltemp}"
-        self.g = torch.Generator().manual_seed(0)
+    def make():
+        num, den = [None] * L, [0.0] * L
 
-    def start(self, B):
-        self.option = [None] * L
-        self.num = [None] * L
-        self.den = [0.0] * L
-        self.calls = [0] * L
-
-        def top(i, hidden):
+        def choose(i, hidden):
             for s in range(hidden.shape[1]):
                 x = hidden[:, s].float()
-                self.num[i] = (1 - d) * x if self.num[i] is None else d * self.num[i] + (1 - d) * x
-                self.den[i] = d * self.den[i] + (1 - d)
-            hb = self.num[i] / self.den[i]
+                num[i] = (1 - d) * x if num[i] is None else d * num[i] + (1 - d) * x
+                den[i] = d * den[i] + (1 - d)
+            hb = num[i] / den[i]
             with torch.no_grad():
-                lg = self.heads[i](hb) if self.learned else rl(i, hb)
-            ids = (
-                lg.topk(K, -1).indices
-                if self.seltemp == 0
-                else sample_plackett_luce(lg / self.seltemp, K, self.g)
-            )
+                lg = rl(i, hb) if heads is None else heads[i](hb)
+            ids = lg.topk(K, -1).indices if seltemp == 0 else sample_plackett_luce(lg / seltemp, K, gen)
             return torch.zeros(hidden.shape[0], N, dtype=torch.bool).scatter_(1, ids, True)
 
-        def fn(i, hidden):
-            B_, S, _ = hidden.shape
-            if self.option[i] is None:
-                self.option[i] = top(i, hidden)
-                out = torch.ones(B_, S, N, dtype=torch.bool)
-                out[:, -1] = self.option[i]
-                return out
-            self.calls[i] += 1
-            o = top(i, hidden)
-            if self.period and self.calls[i] % self.period == 0:
-                self.option[i] = o
-            return self.option[i][:, None].expand(B_, S, N)
+        return choose
 
-        return fn
-
-    def sequence_switches(self, b, rows, router_logits, expert_ids):
-        return (None, None) if rows.numel() < 2 else (0.0, 0)
+    return make
 
 
 cfg = GenerationConfig(max_new_tokens=64, temperature=0.5, batch_size=25)
@@ -174,7 +148,8 @@ for t in tasks:
         for learned, per, st in specs:
             if (key is None) != (learned == "router"):
                 continue
-            src = Sel(key is not None, int(per), float(st), heads, str(key))
+            name = f"{key if key is not None else 'router'}-p{per}-T{float(st)}"
+            src = KeptOption(name, K, L, N, head_chooser(heads, float(st)), period=int(per))
             t1 = time.time()
             s, _ = evaluate(handle, tok, task, src, cfg)
             print(f"{t:16s} {src.name:16s} acc {s['accuracy']:.3f}  ({time.time() - t1:.0f}s)", flush=True)

@@ -87,10 +87,12 @@ class DemoConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        for name in ("controller_mode", "selection_mode"):
-            value = getattr(self, name)
-            if value not in ("sample", "greedy") and not (name == "selection_mode" and value is None):
-                raise ValueError(f"DemoConfig.{name} must be 'sample' or 'greedy', got {value!r}")
+        if self.controller_mode not in ("sample", "greedy"):
+            raise ValueError("DemoConfig.controller_mode must be 'sample' or 'greedy', "
+                             f"got {self.controller_mode!r}")
+        if self.selection_mode not in (None, "sample", "greedy"):
+            raise ValueError("DemoConfig.selection_mode must be None, 'sample' or 'greedy', "
+                             f"got {self.selection_mode!r}")
 
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
@@ -262,11 +264,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                    f"{100 * overall['k_hat']['mean']:.1f}% at k̂ = {survey['k_hat']}.")
     if checkpoints:
         selection = cfg.selection_mode or cfg.controller_mode
-        terminations = "sampled, d_t ~ Bernoulli(β_t)" if cfg.controller_mode == "sample" else "d_t = [β_t >= 0.5]"
+        terminations = ("sampled, d_t ~ Bernoulli(β_t)" if cfg.controller_mode == "sample"
+                        else "d_t = [β_t >= 0.5]")
         options = ("sampled from the Plackett–Luce policy" if selection == "sample"
                    else "the top-k̂ of the selection logits")
-        pre.append(f"Controllers evaluated in {cfg.controller_mode} mode (terminations {terminations}; options "
-                   f"at a termination {options}).")
+        pre.append(f"Controllers evaluated in {cfg.controller_mode} mode (terminations {terminations}; "
+                   f"options at a termination {options}).")
     runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
     report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
                           tasks=list(cfg.tasks), runs=runs, preamble="\n\n".join(pre))

@@ -67,8 +67,8 @@ class ControllerConfig:
     s and τ are learned per layer (initialised from these fields), f_β corrects them. Why: whether to switch
     depends on whether the token needs experts the option lacks, a product of h_t and ω_{t-1} that a freshly
     initialised MLP does not compute. On the embedded model (temperature 0.5), terminating exactly when
-    m_t > 0.5 and re-choosing from the selection context scores 99 / 91 / 90 % math / MC / multilingual at 4-6 %
-    switching, against 89 / 90.5 / 87 % for keeping the first option (BENCHMARKS.md). Set
+    m_t > 0.5 and re-choosing from the selection context scores 99 / 91 / 90 % math / MC / multilingual at
+    4-6 % switching, against 89 / 90.5 / 87 % for keeping the first option (BENCHMARKS.md). Set
     `termination_bias_init` to 0 with it, so that β = 1/2 at m_t = τ."""
 
     termination_demand_threshold: float = 0.5

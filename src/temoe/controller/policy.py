@@ -103,7 +103,8 @@ class OptionState:
 
     def __init__(self, num_layers: int, num_experts: int, k_hat: int, batch_size: int, mode: Mode,
                  generator: torch.Generator | None, record_hidden: bool, control_prompt: bool,
-                 prompt_mask: Tensor | None, selection_mode: Mode | None = None, context_decay: float = 0.0):
+                 prompt_mask: Tensor | None, selection_mode: Mode | None = None, context_decay: float = 0.0,
+                 demand: bool = False):
         selection_mode = mode if selection_mode is None else selection_mode
         for name, value in (("mode", mode), ("selection_mode", selection_mode)):
             if value not in ("sample", "greedy"):
@@ -111,6 +112,7 @@ class OptionState:
         self.num_layers, self.num_experts, self.k_hat = num_layers, num_experts, k_hat
         self.batch_size, self.mode, self.generator = batch_size, mode, generator
         self.selection_mode, self.context_decay = selection_mode, context_decay
+        self.demand = demand  # the termination has the demand term: record m_t (`Trajectory.outside_mass`)
         self.record_hidden, self.control_prompt = record_hidden, control_prompt
         self.prompt_mask = prompt_mask
         self.reset()
@@ -177,7 +179,7 @@ class OptionState:
             zeros = torch.zeros(B, dtype=torch.float32, device=omega0.device)
             self._columns[i].append(dict(option=omega0, selected=omega0, decision=torch.zeros_like(valid),
                                          beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0,
-                                         sel_input=context0, outside=zeros))
+                                         sel_input=context0, outside=zeros if self.demand else None))
             self.option[i] = omega0
             self.started[i] = valid.clone()
             self._all_started[i] = bool(valid.all())
@@ -201,9 +203,7 @@ class OptionState:
 
         hidden = stack("hidden") if self.record_hidden else None
         context = stack("sel_input") if self.record_hidden and self.context_decay > 0 else None
-        # m_t is recorded at controlled columns only with the demand term on (initial columns hold zeros)
-        has_outside = all(c["outside"] is not None for cols in self._columns for c in cols)
-        outside = stack("outside") if has_outside else None
+        outside = stack("outside") if self.demand else None
         first = self._columns[0]
         return Trajectory(options=stack("option"), selected=stack("selected"), decisions=stack("decision"),
                           betas=stack("beta"), log_probs=stack("log_prob"),
@@ -324,7 +324,7 @@ class OptionController(nn.Module):
         """
         return OptionState(self.num_layers, self.num_experts, self.k_hat, batch_size, mode, generator,
                            record_hidden, self.config.control_prompt, prompt_mask, selection_mode,
-                           self.config.selection_context_decay)
+                           self.config.selection_context_decay, self.config.termination_demand > 0)
 
     def mask_fn(self, state: OptionState, router_logits: RouterLogitsFn | None = None) -> MaskFn:
         """The MaskFn for `handle.restrict(...)` that runs the policy online and records into `state`.
