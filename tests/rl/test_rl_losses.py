@@ -116,3 +116,81 @@ def test_token_kl_loss_is_the_reverse_kl_over_valid_positions():
     assert s.grad[0, 3:].abs().sum() == 0  # padding positions get no gradient
     same, _ = token_kl_loss(t, t, valid)
     assert abs(float(same)) < 1e-6
+
+
+def _masks(*options, n=6):
+    """Option index lists -> (1, T, 1, N) bool masks (one row, one layer)."""
+    m = torch.zeros(1, len(options), 1, n, dtype=torch.bool)
+    for t, ids in enumerate(options):
+        m[0, t, 0, list(ids)] = True
+    return m
+
+
+def test_termination_loss_loads_cost_hand_computed():
+    from temoe.rl import loads_switch_cost
+
+    # The first test's numbers with the loads-based cost, η = 0.2, k̂ = 4. d_1 = 0, so ω_1 = ω_0 = {0,1,2,3}.
+    # The selection head's candidate at t = 1 is {0,1,2,4}: 1 new expert -> c_1 = 0.2·1/4 = 0.05;
+    # at t = 2 it is {0,1,4,5}: 2 new -> c_2 = 0.2·2/4 = 0.1 (t = 0 is masked).
+    prev = _masks([0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3])
+    cand = _masks([0, 1, 2, 3], [0, 1, 2, 4], [0, 1, 4, 5])
+    cost = loads_switch_cost(prev, cand, eta=0.2, k_hat=4)  # (1, 3, 1)
+    torch.testing.assert_close(cost, torch.tensor([[[0.0], [0.05], [0.1]]]))
+    beta = torch.tensor([[0.5, 0.2, 0.6]], requires_grad=True)
+    q_prev, value = torch.tensor([[9.0, 1.0, 0.0]]), torch.tensor([[-9.0, 0.5, 0.3]])
+    mask, w = torch.tensor([[False, True, True]]), torch.tensor([[7.0, 1.0, 0.5]])
+    # A = Q - V + c: t=1: 1.0 - 0.5 + 0.05 = 0.55; t=2: 0.0 - 0.3 + 0.1 = -0.2
+    # RMS = sqrt((0.3025 + 0.04) / 2) = 0.413824 -> Â = [1.329069, -0.483298]
+    # loss = (1.0·0.2·1.329069 + 0.5·0.6·(-0.483298)) / 1.5 = 0.120824 / 1.5 = 0.0805496
+    loss, stats = termination_loss(beta, q_prev, value, mask, eta=cost, weights=w)
+    assert abs(float(loss.detach()) - 0.0805496) < 1e-6
+    assert abs(stats["termination/cost_mean"] - 0.075) < 1e-7  # (0.05 + 0.1) / 2
+    loss.backward()
+    torch.testing.assert_close(beta.grad, torch.tensor([[0.0, 1.329069 / 1.5, 0.5 * -0.483298 / 1.5]]))
+
+
+def test_termination_loss_flat_cost_as_a_tensor_equals_the_float():
+    g = torch.Generator().manual_seed(1)
+    B, T, L = 2, 5, 3
+    beta, q, v = (torch.rand(B, T, L, generator=g) for _ in range(3))
+    mask = torch.rand(B, T, generator=g) > 0.3
+    w = torch.rand(B, T, generator=g)
+    flat, s_flat = termination_loss(beta, q, v, mask, eta=0.03, weights=w)
+    assert "termination/cost_mean" not in s_flat  # the float path returns the paper's stats only
+    per_pos, _ = termination_loss(beta, q, v, mask, eta=torch.full((B, T, L), 0.03), weights=w)
+    per_row, _ = termination_loss(beta, q, v, mask, eta=torch.full((B, T), 0.03), weights=w)
+    assert torch.equal(flat, per_pos) and torch.equal(flat, per_row)
+
+
+def test_loads_cost_of_a_full_replacement_is_the_flat_cost():
+    from temoe.rl import loads_switch_cost
+
+    # Every candidate shares no expert with ω_{t-1}: |new \ old| = k̂, so c_t = η everywhere.
+    g = torch.Generator().manual_seed(2)
+    prev = _masks([0, 1], [0, 1], [2, 3], [2, 3], n=4)
+    cand = _masks([2, 3], [2, 3], [0, 1], [0, 1], n=4)
+    cost = loads_switch_cost(prev, cand, eta=0.04, k_hat=2)[..., 0]  # (1, T)
+    beta, q, v = (torch.rand(1, 4, generator=g) for _ in range(3))
+    mask = torch.tensor([[False, True, True, True]])
+    torch.testing.assert_close(termination_loss(beta, q, v, mask, eta=cost)[0],
+                               termination_loss(beta, q, v, mask, eta=0.04)[0])
+
+
+def test_selection_loss_with_loads_cost_hand_computed():
+    # The selection test's numbers with a switch cost: layer 0 switches at t = 1 (c = 0.2, e.g. η = 0.4 and
+    # 2 of k̂ = 4 experts new) and t = 2 (c = 0.4, the whole option replaced); layer 1 never switches.
+    log_prob = torch.tensor([[[-5.0, -5.0], [-1.0, -5.0], [-3.0, -5.0]]], requires_grad=True)
+    q_exec = torch.tensor([[[0.0, 0.0], [2.5, 0.0], [0.0, 0.0]]])
+    value = torch.tensor([[[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]]])
+    switches = torch.tensor([[[False, False], [True, False], [True, False]]])
+    cost = torch.tensor([[[9.0, 9.0], [0.2, 9.0], [0.4, 9.0]]])  # read at switches only
+    # layer 0: A = Q - V - c = [2 - 0.2, -1 - 0.4] = [1.8, -1.4]; RMS = sqrt((3.24 + 1.96) / 2) = 1.612452
+    # Â = [1.116313, -0.868243]; -(-1·1.116313 + -3·-0.868243) / 2 = -0.744208
+    # mean with layer 1's 0: -0.372104
+    loss, stats = selection_loss(log_prob, q_exec, value, switches, cost=cost)
+    assert abs(float(loss.detach()) + 0.372104) < 1e-6
+    assert abs(stats["selection/cost_mean"] - 0.3) < 1e-7
+    loss.backward()
+    assert log_prob.grad[0, 1, 0] < 0 and log_prob.grad[0, 2, 0] > 0
+    flat, s_flat = selection_loss(log_prob, q_exec, value, switches)
+    assert abs(float(flat.detach()) + 0.158114) < 1e-6 and "selection/cost_mean" not in s_flat

@@ -48,21 +48,22 @@ def critic_loss(values: Tensor, q_exec: Tensor, v_target: Tensor, q_target: Tens
                   "loss/option_value_mse": _f(q_mse)}
 
 
-def termination_loss(betas: Tensor, q_prev: Tensor, values: Tensor, mask: Tensor, eta: float,
+def termination_loss(betas: Tensor, q_prev: Tensor, values: Tensor, mask: Tensor, eta: float | Tensor,
                      weights: Tensor | None = None, rms_normalize: bool = True,
                      eps: float = 1e-8) -> tuple[Tensor, dict[str, float]]:
     """Termination loss whose gradient is Σ w_t ∇β_t · Â^term_t (Eq. 9, Alg. 2 line 13: dν -= ...).
 
     betas (B, T[, L]) with gradients; q_prev Q(h_t, ω_{t-1}) and values V(h_t) (B, T[, L]), detached here;
-    mask (B, T): decision positions (valid and t > 0, `Trajectory.decision_mask`); eta: deliberation cost;
-    weights (B, T) importance weights w_t (None = 1).
-    A^term_t = Q(h_t, ω_{t-1}) - V(h_t) + η, divided by its RMS over each layer's masked positions (A2, no
-    mean centring). Per layer: Σ w β Â / Σ w over the mask; then the mean over layers. Minimising lowers
-    β where Q - V + η > 0 (keeping the current option is worth more than switching plus the cost).
+    mask (B, T): decision positions (valid and t > 0, `Trajectory.decision_mask`); eta: the deliberation
+    cost, a float (the paper's flat η) or a per-position switch cost c_t (B, T[, L]) (detached here; e.g.
+    `rl.deliberation.loads_switch_cost`); weights (B, T) importance weights w_t (None = 1).
+    A^term_t = Q(h_t, ω_{t-1}) - V(h_t) + η (or + c_t), divided by its RMS over each layer's masked positions
+    (A2, no mean centring). Per layer: Σ w β Â / Σ w over the mask; then the mean over layers. Minimising
+    lowers β where Q - V + η > 0 (keeping the current option is worth more than switching plus the cost).
     """
     b, qp, v = _per_layer(betas), _per_layer(q_prev).detach(), _per_layer(values).detach()
     m = mask[..., None].float().expand_as(b)
-    adv = qp - v + eta
+    adv = qp - v + (_per_layer(eta).detach() if isinstance(eta, Tensor) else eta)
     scale = _rms_per_layer(adv, m, eps) if rms_normalize else torch.ones_like(adv[:1, :1])
     w = m if weights is None else m * weights.float()[..., None]
     per_layer = (w * b * adv / scale).sum((0, 1)) / w.sum((0, 1)).clamp_min(1e-12)  # (L,)
@@ -71,29 +72,35 @@ def termination_loss(betas: Tensor, q_prev: Tensor, values: Tensor, mask: Tensor
                   "termination/adv_mean": _f(_masked_mean(adv, m)),
                   "termination/adv_rms": _f(scale.mean()),
                   "termination/beta_mean": _f(_masked_mean(b, m)),
-                  "termination/frac_keep_preferred": _f(_masked_mean((adv > 0).float(), m))}
+                  "termination/frac_keep_preferred": _f(_masked_mean((adv > 0).float(), m)),
+                  **({"termination/cost_mean": _f(_masked_mean(_per_layer(eta).expand_as(b), m))}
+                     if isinstance(eta, Tensor) else {})}
 
 
 def selection_loss(log_probs: Tensor, q_exec: Tensor, values: Tensor, switches: Tensor,
-                   weights: Tensor | None = None, rms_normalize: bool = True,
-                   eps: float = 1e-8) -> tuple[Tensor, dict[str, float]]:
+                   weights: Tensor | None = None, rms_normalize: bool = True, eps: float = 1e-8,
+                   cost: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Selection policy-gradient loss at switch positions (Eq. 10, Alg. 2 lines 14-15).
 
     log_probs log π_sel(ω_t | h_t) (B, T[, L]) with gradients; q_exec Q(h_t, ω_t) and values V(h_t)
     (B, T[, L]), detached here; switches (B, T[, L]) bool: d_t = 1 at a decision position
-    (`Trajectory.decisions`); weights (B, T) or None.
-    A^sel_t = Q(h_t, ω_t) - V(h_t), divided by its RMS over the layer's switch positions (A2). Per layer:
-    -Σ w log π Â / Σ w over its switches (0 for a layer without switches); then the mean over layers.
+    (`Trajectory.decisions`); weights (B, T) or None; cost (B, T[, L]) or None: the switch cost c_t paid
+    for choosing ω_t (detached here; read at switches only). None is the paper's flat cost: the same at
+    every switch, it is an option-independent baseline and drops out of the expected gradient.
+    A^sel_t = Q(h_t, ω_t) - V(h_t) [- c_t], divided by its RMS over the layer's switch positions (A2). Per
+    layer: -Σ w log π Â / Σ w over its switches (0 for a layer without switches); then the mean over layers.
     """
     lp, q, v = _per_layer(log_probs), _per_layer(q_exec).detach(), _per_layer(values).detach()
     s = _per_layer(switches).expand_as(lp)
-    adv = q - v
+    adv = q - v if cost is None else q - v - _per_layer(cost).detach()
     scale = _rms_per_layer(adv, s, eps) if rms_normalize else torch.ones_like(adv[:1, :1])
     w = s if weights is None else s * weights.float()[..., None]
     per_layer = -(w * lp * adv / scale).sum((0, 1)) / w.sum((0, 1)).clamp_min(1e-12)  # (L,)
     loss = per_layer.mean()
     return loss, {"loss/selection": _f(loss), "selection/num_switches": _f(s.sum()),
-                  "selection/adv_mean": _f(_masked_mean(adv, s)), "selection/adv_rms": _f(scale.mean())}
+                  "selection/adv_mean": _f(_masked_mean(adv, s)), "selection/adv_rms": _f(scale.mean()),
+                  **({"selection/cost_mean": _f(_masked_mean(_per_layer(cost).expand_as(lp), s))}
+                     if cost is not None else {})}
 
 
 def intra_option_loss(token_log_probs: Tensor, advantages: Tensor, valid: Tensor,
