@@ -55,6 +55,9 @@ class PretrainConfig:
     The shipped run learnt math and the facts but not the letter lookup in its first 5,400 steps (docs)."""
     natural_chars: int = 1_500_000
     """Characters read per natural-text source; small values make a quick CI corpus."""
+    require_sources: bool = True
+    """Fail with the `apt-get install` line when a Debian text source of the corpus is missing (False: build
+    from the installed sources only, a different corpus). Nothing is installed."""
     tokenizer_task_docs: int = 20_000
     log_every: int = 10
     checkpoint_every: int = 50
@@ -345,7 +348,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     torch.manual_seed(cfg.seed)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
+    corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars, require_sources=cfg.require_sources)
     late_corpus = None if cfg.drill_from_step is None else corpus.with_shares(DRILL_SHARES)
     if cfg.shares is not None:
         corpus, late_corpus = corpus.with_shares(cfg.shares), None
