@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def __init__(self, period: int | None, decay: float | None = None, demand: float | None = None):
             self.period, self.k_hat, self.decay, self.demand = period, k_hat, decay, demand
-            self.name = ("sticky" if period is None else f"periodic-{period}") + ("" if decay is None else "-ema")
+            kind = "sticky" if period is None else f"periodic-{period}"
+            self.name = kind + ("" if decay is None else "-ema")
             if demand is not None:
                 self.name = f"demand-{demand:g}"
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((task_name, source.name, summary["accuracy"], summary["switch_rate"]))
     print(f"command: {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     print(f"hardware: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; model {args.model} (L={L}, N={N}, k={handle.top_k}), k̂={k_hat}, "
+          f"{torch.get_num_threads()} threads; model {args.model} (L={L}, N={N}, k={handle.top_k}), "
+          f"k̂={k_hat}, "
           f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature:g}'}, "
           f"{args.limit} questions per task, {time.perf_counter() - t0:.0f} s")
     print(f"{'task':<18}{'policy':<18}{'accuracy':>10}{'switch rate':>13}")

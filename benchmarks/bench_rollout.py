@@ -10,7 +10,7 @@ Rows (tokens/s = batch × new tokens / wall time, best of --repeats):
                        per token and layer (what `temoe generate` and the student half of a rollout do)
   train_rollout        `temoe.rollout.rollout`: student + teacher (two cached forwards per token) + mixing
 Controller overhead per decode step = (loop_controller − loop_no_controller) / new tokens.
-Target (issue 5): loop_controller ≥ 0.8 × hf_generate.
+Target: loop_controller ≥ 0.8 × hf_generate (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Memory and time of full training steps on a gpt-oss-20b-shaped model (issue 5: "fits on one 80 GB H100").
+"""Memory and time of full training steps on a gpt-oss-20b-shaped model (target: fits on one 80 GB H100).
 
     python benchmarks/bench_train_step.py                                  # CUDA: the real shape, 24 layers
     python benchmarks/bench_train_step.py --num-layers 1 --batch 1 --prompt-tokens 8 --new-tokens 4  # CPU

@@ -1,4 +1,4 @@
-"""Exploratory one-off (session 5, issue 6 diagnosis; not a maintained benchmark): options made of a static
+"""Exploratory script (not a maintained benchmark): options made of a static
 core plus dynamic experts. Per layer, the first c experts of the reconstruction baseline's greedy order
 (calibrated as in `temoe demo`) are always allowed; the other 16 - c are the top of the averaged router
 logits (decay 0.9) at the last prompt position, kept for the whole answer. c = 0 is the plain averaged-
@@ -6,9 +6,8 @@ logit option.
 
     PYTHONPATH=src python benchmarks/explore/option_core.py 200 0,4,8,12 math,mc,mc-multilingual [TEMPERATURE]
 
-Arguments: questions per task, core sizes, tasks, sampling temperature (default 0 = greedy). Measured
-(greedy, 200 questions): math 91.5 / 90.0 / 83.0 / 91.0 % for c = 0 / 4 / 8 / 12, reconstruction mask
-alone 97.0 %.
+Arguments: questions per task, core sizes, tasks, sampling temperature (default 0 = greedy). Prints the
+accuracy and switch rate per core size and task, and of the reconstruction mask alone.
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""Exploratory one-off (session 5, issue 6 diagnosis; not a maintained benchmark): a behaviour-cloning warm
+"""Exploratory script (not a maintained benchmark): a behaviour-cloning warm
 start of the selection head. On base-model continuations of N training prompts, each layer's linear
 selection head (initialised from the router) is fitted to maximise the Plackett-Luce likelihood of the
 top-16 experts of the discounted future usage sum_s gamma^(s-t) [expert routed at s], from the moving
@@ -10,8 +10,8 @@ average of hidden states (decay 0.9). The learned head's top-16 at the last prom
         math,mc,mc-multilingual 200 bc:0:0,bc:32:1,router:0:0
 
 Arguments: prompts; grid of gamma/steps/L2-to-init; tasks; questions per task; policies learned-or-
-router:period: selection temperature (0 = top-16). Measured (temperature 0.5): math 94.5-95.5 % against
-88.5 % for the router head; MC 87.5-89 % against 90 %; multilingual MC 82-85 % against 88 %. Not shipped.
+router:period: selection temperature (0 = top-16). Prints accuracy and switch rate per policy and task. The
+warm start is not part of the library.
 """
 
 import sys

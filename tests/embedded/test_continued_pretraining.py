@@ -90,7 +90,8 @@ def test_sampled_segment_masks_are_plackett_luce_draws_held_per_segment():
 
 
 def test_masked_step_plan_is_deterministic_and_respects_the_fraction():
-    cfg = PretrainConfig(context_mask_fraction=0.5, context_mask_k_hats=(12, 16), context_mask_segment_sample=0.5)
+    cfg = PretrainConfig(context_mask_fraction=0.5, context_mask_k_hats=(12, 16),
+                         context_mask_segment_sample=0.5)
     plan = [masked_step_plan(cfg, s) for s in range(400)]
     again = [masked_step_plan(cfg, s) for s in range(400)]
     for a, b in zip(plan, again):

@@ -12,7 +12,7 @@ from temoe.embedded.corpus import DRILL_SHARES, Corpus
 
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
-    return Corpus(seed=0, natural_chars=20_000, install=False)
+    return Corpus(seed=0, natural_chars=20_000, require_sources=False)
 
 
 @pytest.fixture(scope="module")

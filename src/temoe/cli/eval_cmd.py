@@ -1,5 +1,5 @@
 """`temoe eval`: accuracy and switch rate of the base model, a pruning baseline or a trained controller on
-a task (METHOD §5), written as a summary JSON and optionally one JSON record per question."""
+a task (the paper's §5 protocol), written as a summary JSON and optionally one JSON record per question."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ def register(sub) -> None:
     method.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir)")
     method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
                         help="pruning baseline at the same k̂ (default: the base model)")
-    p.add_argument("--k-hat", type=int, required=True, help="allowed experts per layer k̂ (k̃ <= k̂ <= N)")
+    p.add_argument("--k-hat", type=int, default=None,
+                   help="allowed experts per layer k̂ (k̃ <= k̂ <= N); required with --baseline; default: the "
+                        "checkpoint's k̂ with --checkpoint, k̃ for the base model (its switch rate at k̂ = k̃)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", help="local file or directory of the task (hendrycks-math, mmlu, mmmlu)")
+    p.add_argument("--grader", choices=("official", "lenient"), default=None,
+                   help="MATH answer comparison: official (Hendrycks et al.'s normalisation) or lenient "
+                        "(plus trailing periods, units, \\text{}, thousands separators, numeric equality); "
+                        "default: official for hendrycks-math, lenient for the embedded math")
     p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
     p.add_argument("--json", required=True, help="summary JSON output path")
     p.add_argument("--records", help="per-question JSONL output path")
@@ -56,7 +62,7 @@ def run(args) -> int:
     from temoe.eval.tasks import load_task
     from temoe.loading import load_model
 
-    task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
+    task = load_task(args.task, args.data, limit=args.limit, seed=args.seed, grader=args.grader)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
     if args.threads is not None:
@@ -74,6 +80,12 @@ def run(args) -> int:
     else:
         handle = temoe.wrap(model)
         method = args.baseline or "base"
+    k_hat = args.k_hat
+    if k_hat is None:
+        if args.baseline:
+            raise ValueError(f"--baseline {args.baseline} needs --k-hat K (k̃ = {handle.top_k} <= K <= "
+                             f"N = {handle.num_experts})")
+        k_hat = controller.k_hat if controller is not None else handle.top_k
     calibration = CalibrationConfig(num_prompts=args.calibration_size,
                                     max_total_tokens=args.calibration_tokens,
                                     prompts_file=args.calibration_prompts, seed=args.seed)
@@ -81,7 +93,7 @@ def run(args) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{method} {args.task}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    summary, _ = evaluate_method(handle, tokenizer, task, method, args.k_hat, generation=generation,
+    summary, _ = evaluate_method(handle, tokenizer, task, method, k_hat, generation=generation,
                                  controller=controller, eta=eta, controller_mode=args.controller_mode,
                                  selection_mode=args.selection_mode, calibration=calibration,
                                  cache_dir=args.cache_dir,
@@ -89,7 +101,10 @@ def run(args) -> int:
                                  records_path=args.records, progress=progress)
     print(file=sys.stderr)
     summary.update(model=args.model, checkpoint=args.checkpoint)
+    if task.kind == "math":
+        summary["grader"] = task.grader
     write_summary(args.json, summary)
-    keys = ("method", "task", "k_hat", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci")
+    keys = ("method", "task", "grader", "k_hat", "n", "accuracy", "accuracy_ci", "switch_rate",
+            "switch_rate_ci")
     print(json.dumps({k: summary.get(k) for k in keys}))
     return 0

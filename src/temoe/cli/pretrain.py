@@ -11,6 +11,7 @@ _SIZES = {
     "full": {},
     "ci": {
         "natural_chars": 20_000,
+        "require_sources": False,
         "tokenizer_task_docs": 500,
         "vocab_size": 512,
         "batch_size": 2,
@@ -43,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="wall-clock budget: cosine over min(steps, budget), stop at whichever ends first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--allow-missing-sources", action="store_true",
+                   help="build the corpus from the installed Debian text sources only (default: fail and "
+                        "print the apt-get line)")
     p.add_argument("--export", type=Path, default=None, help="also write the final HF directory here")
     p.add_argument("--init-from", default=None,
                    help="continued pretraining: start from this HF directory or embedded name (e.g. tiny)")
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.revive_dead_experts:
         overrides["revive_dead_experts"] = True
+    if args.allow_missing_sources:
+        overrides["require_sources"] = False
     if args.shares is not None:
         overrides["shares"] = _parse_shares(args.shares)
     overrides.update(seed=args.seed, device=args.device, threads=args.threads)

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-missing-sources", action="store_true",
+                        help="build the prompts from the installed Debian text sources only")
     args = parser.parse_args(argv)
-    build(args.out, args.seed)
+    build(args.out, args.seed, Corpus(seed=args.seed, require_sources=not args.allow_missing_sources))
 
 
 if __name__ == "__main__":

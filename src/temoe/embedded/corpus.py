@@ -19,8 +19,8 @@ PROMPTS_PER_CATEGORY = 100
 
 # Target share of training characters per group (tasks get most of the budget so the tiny model learns them).
 DEFAULT_SHARES = {"math": 0.30, "mc": 0.25, "bio": 0.30, "natural": 0.15}
-# The mixture from `PretrainConfig.drill_from_step` on: option-letter lookup drills (`tasks.lookup_drill`) take a
-# tenth of the characters, from math (already learnt by then) and descriptions.
+# The mixture from `PretrainConfig.drill_from_step` on: option-letter lookup drills (`tasks.lookup_drill`)
+# take a tenth of the characters, from math (already learnt by then) and descriptions.
 DRILL_SHARES = {"math": 0.25, "mc": 0.25, "bio": 0.25, "natural": 0.15, "drill": 0.10}
 MC_LANG_SHARES = {"en": 0.5, "de": 0.1, "es": 0.1, "fr": 0.1, "it": 0.1, "ja": 0.1}
 BIO_LANG_SHARES = {"en": 0.35, "de": 0.13, "es": 0.13, "fr": 0.13, "it": 0.13, "ja": 0.13}
@@ -31,18 +31,19 @@ class Corpus:
     """Document sampler of the embedded corpus; deterministic given `seed` and the installed sources.
 
     `natural_chars`: cap on characters read per natural-text source (smaller = faster build, e.g. for CI).
-    `install`: install missing Debian packages with apt-get (root only) before reading natural text.
+    `require_sources`: fail with the `apt-get install` line when a Debian text source is missing
+    (`sources.MissingSourcesError`); False builds from the installed sources only. Nothing is installed.
     """
 
     seed: int = 0
     natural_chars: int = 1_500_000
-    install: bool = True
+    require_sources: bool = True
     shares: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
 
     def __post_init__(self) -> None:
         self.world, self.train_countries, self.test_countries = multiple_choice.split_world(self.seed)
         self.math_held_out = math_problems.held_out_keys(self.seed)
-        docs = sources.load_documents(self.natural_chars, install=self.install)
+        docs = sources.load_documents(self.natural_chars, require_all=self.require_sources)
         rng = random.Random(f"natural-split-{self.seed}")
         self.natural: dict[str, list[str]] = {}
         self.prompt_docs: dict[str, list[str]] = {}
@@ -60,7 +61,7 @@ class Corpus:
         self._leaves = self._leaf_weights()
 
     def with_shares(self, shares: dict[str, float]) -> Corpus:
-        """The same corpus (sources, splits) with another mixture, e.g. DRILL_SHARES; no sources are re-read."""
+        """The same corpus (sources, splits) with another mixture, e.g. DRILL_SHARES; nothing is re-read."""
         other = copy.copy(self)
         other.shares = dict(shares)
         other._leaves = other._leaf_weights()

@@ -81,7 +81,8 @@ def add_steps(a: int, b: int) -> str:
     small model learns far more reliably than producing "85" in one go (the carry decides the first digit).
     """
     ones = a % 10 + b % 10
-    return f"{a % 10} + {b % 10} = {ones} and {a // 10} + {b // 10} + {ones // 10} = {a // 10 + b // 10 + ones // 10}"
+    tens = a // 10 + b // 10 + ones // 10
+    return f"{a % 10} + {b % 10} = {ones} and {a // 10} + {b // 10} + {ones // 10} = {tens}"
 
 
 def sub_steps(a: int, b: int) -> str:

@@ -51,10 +51,13 @@ class PretrainConfig:
     router_aux_loss_coef: float = 0.02
     """Switch-Transformer load-balancing loss weight (GptOssForCausalLM adds it with output_router_logits)."""
     drill_from_step: int | None = 5400
-    """From this step on the mixture is `corpus.DRILL_SHARES` (adds option-letter lookup drills); None = never.
-    The shipped run learnt math and the facts but not the letter lookup in its first 5,400 steps (docs)."""
+    """From this step on the mixture is `corpus.DRILL_SHARES` (adds letter lookup drills); None = never.
+    Math and the facts are learnt before the letter lookup, so the drills start late (docs/embedded.md)."""
     natural_chars: int = 1_500_000
     """Characters read per natural-text source; small values make a quick CI corpus."""
+    require_sources: bool = True
+    """Fail with the `apt-get install` line when a Debian text source of the corpus is missing (False: build
+    from the installed sources only, a different corpus). Nothing is installed."""
     tokenizer_task_docs: int = 20_000
     log_every: int = 10
     checkpoint_every: int = 50
@@ -183,7 +186,7 @@ def context_masks(logits: torch.Tensor, k_hat: int, decay: float) -> torch.Tenso
 
     Training part of the steps under these masks teaches the model what a large MoE has by redundancy and
     specialisation: a context's recent experts suffice for its next tokens, as they must for a rarely
-    switching option (METHOD §2). Causal, so no later token leaks into an earlier position's mask.
+    switching option (the paper's §2). Causal, so no later token leaks into an earlier position's mask.
     """
     B, S, N = logits.shape
     t = torch.arange(S, device=logits.device, dtype=torch.float32)
@@ -345,7 +348,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     torch.manual_seed(cfg.seed)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars)
+    corpus = Corpus(seed=cfg.seed, natural_chars=cfg.natural_chars, require_sources=cfg.require_sources)
     late_corpus = None if cfg.drill_from_step is None else corpus.with_shares(DRILL_SHARES)
     if cfg.shares is not None:
         corpus, late_corpus = corpus.with_shares(cfg.shares), None

@@ -1,19 +1,15 @@
 """Natural-text sources of the embedded corpus: Debian packages and the Python standard library, read offline.
 
 Each source yields plain-text documents for one category (chat, code, stem, en, de, es, fr, it, ja).
-Missing Debian packages are installed with apt-get when we are root, otherwise the source is skipped
-with a warning; the corpus then degrades to what is available (recorded in the build manifest).
+Nothing is installed here: when a Debian package is missing, `load_documents` raises `MissingSourcesError`
+with the `apt-get install` line to run, or (with `require_all=False`) warns and reads what is there.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 import random
 import re
-import shutil
-import subprocess
-import sys
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -49,28 +45,33 @@ class Document:
     text: str
 
 
-def ensure_packages(packages: list[str]) -> list[str]:
-    """Install missing Debian packages with apt-get (root only). Returns the packages still missing."""
-    missing = [p for p in packages if not Path(f"/usr/share/doc/{p}").exists()]
+class MissingSourcesError(FileNotFoundError):
+    """Debian packages the corpus reads natural text from are not installed."""
+
+
+def missing_packages(packages: list[str] | None = None) -> list[str]:
+    """The packages of `packages` (default: all of `PACKAGES`) not installed (no /usr/share/doc/PKG)."""
+    return [p for p in (packages or list(PACKAGES)) if not Path(f"/usr/share/doc/{p}").exists()]
+
+
+def install_hint(missing: list[str]) -> str:
+    """The command a user runs to install `missing` (temoe never runs it)."""
+    return f"sudo apt-get install --no-install-recommends {' '.join(missing)}"
+
+
+def check_packages(require_all: bool = True) -> list[str]:
+    """Raise `MissingSourcesError` naming the missing packages and the install command (or, with
+    `require_all=False`, warn and return them: the corpus is then built from the installed sources)."""
+    missing = missing_packages()
     if not missing:
         return []
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        warnings.warn(
-            f"Debian packages {missing} are missing and cannot be installed here (need apt-get as root); "
-            "the corpus is built from what is available.",
-            stacklevel=2,
-        )
-        return missing
-    print(f"[temoe] installing corpus sources: apt-get install -y {' '.join(missing)}", file=sys.stderr)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-        subprocess.run(cmd, env=env, capture_output=True)
-    still = [p for p in missing if not Path(f"/usr/share/doc/{p}").exists()]
-    if still:
-        warnings.warn(f"could not install {still}; continuing without them", stacklevel=2)
-    return still
+    message = (f"the embedded corpus reads natural text from Debian packages that are not installed: "
+               f"{', '.join(missing)}. Install them with:\n    {install_hint(missing)}")
+    if require_all:
+        raise MissingSourcesError(f"{message}\nor build from the installed sources only "
+                                  "(`temoe pretrain --allow-missing-sources`; a different corpus).")
+    warnings.warn(f"{message}\nBuilding the corpus from the installed sources only.", stacklevel=2)
+    return missing
 
 
 def _read_fortunes(directory: Path, limit_chars: int) -> list[str]:
@@ -205,10 +206,13 @@ _CHAT_REQUESTS = [
 ]
 
 
-def load_documents(max_chars_per_source: int = 1_500_000, install: bool = True) -> list[Document]:
-    """All natural-text documents, in a fixed order (deterministic for a given set of installed packages)."""
-    if install:
-        ensure_packages(list(PACKAGES))
+def load_documents(max_chars_per_source: int = 1_500_000, require_all: bool = True) -> list[Document]:
+    """All natural-text documents, in a fixed order (deterministic for a given set of installed packages).
+
+    `require_all`: raise `MissingSourcesError` when a package of `PACKAGES` is missing (False: warn and
+    read what is installed). Nothing is installed.
+    """
+    check_packages(require_all)
     docs: list[Document] = []
     # Fortunes are small collections: read up to 4x the cap (all of them at the default cap).
     en = _read_fortunes(FORTUNES, 4 * max_chars_per_source)

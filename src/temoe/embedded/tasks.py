@@ -53,10 +53,9 @@ def mc_completion(choices: Sequence[str], answer: str) -> str:
 
     ` wool. A. salt, B. wool. The answer is B.` Each step is a circuit small transformers learn early:
     recall the fact; copy option lines in order (an induction copy); stop at the copy that repeats the
-    recalled text; copy the letter written a few tokens back. Answering with the bare letter (first shipped
-    model) or with the option then its letter (` wool. The answer is B.`, the second model's first 5,400 steps)
-    asks for a lookup from the option's text to the letter in front of it, which the models did not learn
-    (docs/embedded.md).
+    recalled text; copy the letter written a few tokens back. Answering with the bare letter, or with the
+    option then its letter (` wool. The answer is B.`), asks for a lookup from the option's text to the letter
+    in front of it, which a model this small does not learn (docs/embedded.md).
     """
     index = LETTERS.index(answer)
     return f" {choices[index]}. {mc_scan(choices, index)}. The answer is {answer}."

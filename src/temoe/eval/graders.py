@@ -16,7 +16,7 @@ MATH equivalence (`is_equiv`) re-implements the normalisation of the official MA
 Differences from the official function, all deliberate:
 
 - `None` never equals `None` (the official returns True, so an item without a boxed reference answer
-  and a completion without an answer scored as correct; see the reference-implementation digest §4).
+  and a completion without an answer scored as correct).
 - With `official=False` (the default) five extensions run after step 1-6, each tested:
   a trailing period is removed (`5.` == `5`); a whole-answer `\\text{X}`/`\\textbf{X}`/`\\mbox{X}`
   is unwrapped (`\\text{Tuesday}` == `Tuesday`); trailing unit text right after a number without a
@@ -24,6 +24,9 @@ Differences from the official function, all deliberate:
   thousands separators (`1,000`, `1{,}000`) are removed; and two answers that both parse as plain
   numbers (integers, decimals, `\\frac{a}{b}` of integers, with a sign) are equal when their values
   agree to 1e-9 relative (`0.50` == `\\frac12`, `2.0` == `2`). `official=True` skips all extensions.
+
+`MATH_GRADERS` names the two modes for callers: "official" (`official=True`) and "lenient" (the default
+here; `temoe eval` grades the local-file MATH task with "official" unless told otherwise).
 
 Multiple-choice extraction (`extract_choice`) is strict; see its docstring for the exact rules.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "MATH_GRADERS",
     "is_equiv",
     "strip_string",
     "last_boxed_only_string",
@@ -41,6 +45,10 @@ __all__ = [
     "extract_math_answer",
     "extract_choice",
 ]
+
+
+#: MATH answer comparison modes: Hendrycks et al.'s normalisation alone, or with the extensions above.
+MATH_GRADERS = ("official", "lenient")
 
 
 # ---------------------------------------------------------------- MATH normalisation (official steps)

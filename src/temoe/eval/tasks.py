@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from temoe.eval.graders import extract_boxed, extract_choice, extract_math_answer, is_equiv
+from temoe.eval.graders import MATH_GRADERS, extract_boxed, extract_choice, extract_math_answer, is_equiv
 
 __all__ = ["TASKS", "LOCAL_FILE_TASKS", "Task", "load_task", "MATH_INSTRUCTION", "MC_INSTRUCTION"]
 
@@ -48,7 +48,8 @@ class Task:
     in the tokenizer's chat template when it has one (local-file benchmarks; the embedded model has none).
     `stop`: strings that end a completion (the completion is cut before them). `answer_prefix` is prepended
     to the completion before grading when the prompt already ends with the answer cue (embedded MC prompts
-    end in "Answer:" and the model continues with " B").
+    end in "Answer:" and the model continues with " B"). `grader` (math only): "official" compares answers
+    after Hendrycks et al.'s normalisation alone, "lenient" adds the extensions of `temoe.eval.graders`.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Task:
     stop: tuple[str, ...] = ()
     answer_prefix: str = ""
     meta: dict = field(default_factory=dict)
+    grader: str = "lenient"
 
     def prompt(self, item: Mapping[str, Any]) -> str:
         """The prompt text of one item (before any chat template)."""
@@ -75,14 +77,15 @@ class Task:
 
     def grade(self, completion: str, item: Mapping[str, Any]) -> tuple[str | None, bool]:
         """(prediction, correct) for a completion (already truncated) of `item`. Pure."""
-        return grade(self.kind, self.answer_prefix + completion, item["answer"])
+        return grade(self.kind, self.answer_prefix + completion, item["answer"], self.grader)
 
 
-def grade(kind: str, text: str, answer: str) -> tuple[str | None, bool]:
-    """Pure grader: MATH -> `is_equiv(extract_math_answer(text), answer)`; MC -> strict letter == answer."""
+def grade(kind: str, text: str, answer: str, grader: str = "lenient") -> tuple[str | None, bool]:
+    """Pure grader: MATH -> `is_equiv(extract_math_answer(text), answer)` with the `grader`'s normalisation;
+    MC -> strict letter == answer."""
     if kind == "math":
         pred = extract_math_answer(text)
-        return pred, is_equiv(pred, answer)
+        return pred, is_equiv(pred, answer, official=grader == "official")
     if kind == "mc":
         pred = extract_choice(text, LETTERS)
         return pred, pred is not None and pred == answer
@@ -91,12 +94,19 @@ def grade(kind: str, text: str, answer: str) -> tuple[str | None, bool]:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_task(name: str, data: str | Path | None = None, limit: int | None = 200, seed: int = 42) -> Task:
+def load_task(name: str, data: str | Path | None = None, limit: int | None = 200, seed: int = 42,
+              grader: str | None = None) -> Task:
     """Load task `name` (one of `TASKS`), subsampled to `limit` items with `random.Random(seed)`.
 
     `data` is required for the local-file tasks (a file or a directory, see the `_read_*` functions) and
     ignored for the embedded ones. `limit=None` or a limit ≥ the pool keeps every item (in file order).
+    `grader` (one of `MATH_GRADERS`; math tasks): None = "official" for `hendrycks-math`, as the paper
+    grades MATH, and "lenient" for the embedded `math`.
     """
+    if grader is None:
+        grader = "official" if name == "hendrycks-math" else "lenient"
+    if grader not in MATH_GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; valid: {', '.join(MATH_GRADERS)}")
     if name in EMBEDDED_TASKS:
         items, task = _embedded(name)
     elif name in LOCAL_FILE_TASKS:
@@ -117,7 +127,7 @@ def load_task(name: str, data: str | Path | None = None, limit: int | None = 200
         if limit < len(items):
             items = random.Random(seed).sample(items, limit)
     meta = {"pool_size": pool_size, "seed": seed, "data": None if data is None else str(data)}
-    return Task(name=name, items=items, meta=meta, **task)
+    return Task(name=name, items=items, meta=meta, grader=grader, **task)
 
 
 def _embedded(name: str) -> tuple[list[dict], dict]:
