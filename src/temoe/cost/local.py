@@ -23,8 +23,10 @@ def _cpu_copy_probe(expert_bytes: int, copies: int, repeats: int) -> tuple[float
     """(GB/s of one 64 MiB host copy, ms per expert-row copy) on CPU, where the engine's device tier is a
     second host tensor and one expert load is one row `copy_` (temoe.serve.store.ExpertMover)."""
     big_src, big_dst = torch.ones(64 << 20, dtype=torch.uint8), torch.empty(64 << 20, dtype=torch.uint8)
-    src, dst = torch.ones(copies, expert_bytes, dtype=torch.uint8), torch.empty(copies, expert_bytes,
-                                                                               dtype=torch.uint8)
+    src, dst = (
+        torch.ones(copies, expert_bytes, dtype=torch.uint8),
+        torch.empty(copies, expert_bytes, dtype=torch.uint8),
+    )
     big, rows = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -80,8 +82,9 @@ def decode_ms_per_token(model, input_ids: torch.Tensor, new_tokens: int, repeats
     return _median(means)
 
 
-def measure_local_profile(handle, tokenizer, *, prompt: str = _PROMPT, new_tokens: int = 32,
-                          repeats: int = 3, copies: int = 32) -> HardwareProfile:
+def measure_local_profile(
+    handle, tokenizer, *, prompt: str = _PROMPT, new_tokens: int = 32, repeats: int = 3, copies: int = 32
+) -> HardwareProfile:
     """The `local` profile for `handle.model` (a `temoe.wrap` handle) on the device its weights are on.
 
     Call it before an offloading engine is attached (it decodes with every expert resident). expert_bytes is

@@ -60,8 +60,9 @@ class HardwareProfile:
         """Time of one expert load: copy_overhead_ms + expert_bytes / bandwidth (ms)."""
         return self.copy_overhead_ms + self.expert_bytes / (self.h2d_bandwidth_gbps * 1e9) * 1e3
 
-    def scaled(self, *, expert_bytes: int | None = None, num_layers: int | None = None,
-               name: str | None = None) -> HardwareProfile:
+    def scaled(
+        self, *, expert_bytes: int | None = None, num_layers: int | None = None, name: str | None = None
+    ) -> HardwareProfile:
         """The same device serving another model: its expert size and MoE layer count.
 
         Bandwidth, copy overhead and overlap stay; the compute time per token scales with the layer count
@@ -163,9 +164,9 @@ def load_profile(name: str, *, dtype: str | None = None, path: str | Path | None
     figures = {f: entry[f] for f in FIGURES if f != "expert_bytes"}
     sources = {str(k): str(v) for k, v in (entry.get("sources") or {}).items()}
     if entry.get("dtype") and dtype != entry["dtype"] and "decode_tok_s" in sources:
-        sources["decode_tok_s"] = f"measured in {entry['dtype']}, used unchanged for {dtype}. " + sources[
-            "decode_tok_s"
-        ]
+        sources["decode_tok_s"] = (
+            f"measured in {entry['dtype']}, used unchanged for {dtype}. " + sources["decode_tok_s"]
+        )
     return HardwareProfile(
         name=name,
         expert_bytes=sizes[dtype],
