@@ -70,6 +70,9 @@ class HardwareProfile:
         """
         layers = self.num_layers if num_layers is None else num_layers
         nbytes = self.expert_bytes if expert_bytes is None else expert_bytes
+        for what, value in (("num_layers", layers), ("expert_bytes", nbytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"scaling {self.name!r}: {what} must be a positive integer, got {value!r}")
         note = f"scaled from profile {self.name!r}"
         sources = dict(self.sources)
         if nbytes != self.expert_bytes:
