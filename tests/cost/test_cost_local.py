@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import temoe
@@ -33,3 +34,14 @@ def test_local_profile_on_cpu():
     # the model decodes as before (measuring leaves it untouched)
     with torch.inference_mode():
         assert model(input_ids=tok("hi", return_tensors="pt").input_ids).logits.isfinite().all()
+
+
+def test_copy_fit_reproduces_the_measured_copy_time():
+    from temoe.cost.local import _fit_copy
+
+    # 1 MB at 10 GB/s = 0.1 ms; a 0.13 ms copy leaves 0.03 ms of fixed overhead
+    bw, overhead, note = _fit_copy(1_000_000, 10.0, 0.13)
+    assert (bw, note) == (10.0, "") and overhead == pytest.approx(0.03)
+    # a 0.05 ms copy beats the bandwidth (cache): bandwidth = 1e6 B / 0.05 ms = 20 GB/s, no overhead
+    bw, overhead, note = _fit_copy(1_000_000, 10.0, 0.05)
+    assert bw == pytest.approx(20.0) and overhead == 0.0 and "faster" in note
