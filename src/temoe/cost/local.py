@@ -5,6 +5,9 @@ the time of one expert-sized copy, and the model's own full-residency decode tim
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -72,17 +75,21 @@ def _fit_copy(nbytes: int, bandwidth: float, per_copy_ms: float) -> tuple[float,
     return nbytes / (per_copy_ms * 1e-3) / 1e9, 0.0, note
 
 
-def decode_ms_per_token(model, input_ids: torch.Tensor, new_tokens: int, repeats: int) -> float:
+def decode_ms_per_token(
+    model, input_ids: torch.Tensor, new_tokens: int, repeats: int, context: Callable[[], Any] | None = None
+) -> float:
     """Median over `repeats` of the mean time of one cached greedy decode step (ms), after one warm-up run.
 
-    input_ids (1, S). Every expert resident: the model as loaded, no offloading engine attached.
+    input_ids (1, S). Every expert resident: the model as loaded, no offloading engine attached. context: a
+    fresh context manager per run around all its forward calls (e.g. `lambda: handle.restrict(mask_fn())` to
+    time a method's routing masks); None = the plain model.
     """
     device = next(model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     means = []
     for run in range(repeats + 1):
         cache, x = DynamicCache(config=model.config), input_ids.to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), context() if context is not None else nullcontext():
             logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1]  # prefill
             x = logits.argmax(-1, keepdim=True)
             sync(device)
