@@ -164,7 +164,8 @@ def run(args) -> dict:
 def format_table(result: dict) -> str:
     head = (
         f"{'rung':42s} {'measured ms/tok':>15s} {'predicted':>9s} {'error':>7s} "
-        f"{'+method':>8s} {'error':>7s} {'crit/tok':>8s} {'bg/tok':>6s} {'stall meas/pred ms':>19s} {'copy meas/pred ms':>18s}"
+        f"{'+method':>8s} {'error':>7s} {'crit/tok':>8s} {'bg/tok':>6s} "
+        f"{'stall meas/pred ms':>19s} {'copy meas/pred ms':>18s}"
     )
     lines = [head]
     for r in result["rows"]:
@@ -181,7 +182,8 @@ def format_table(result: dict) -> str:
         f"hardware: {result['hardware']}",
         f"local profile (best repeat): compute {lp['compute_ms']:.3f} ms/token (repeats: "
         f"{', '.join(f'{x:.2f}' for x in lp['compute_ms_repeats'])}); "
-        f"one expert load ({lp['expert_bytes']} B) {lp['load_ms'] * 1e3:.1f} us; background overlap {lp['background_overlap']:g}",
+        f"one expert load ({lp['expert_bytes']} B) {lp['load_ms'] * 1e3:.1f} us; "
+        f"background overlap {lp['background_overlap']:g}",
     ]
     return "\n".join(lines)
 
