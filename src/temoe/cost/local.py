@@ -115,6 +115,7 @@ def measure_local_profile(
     device = next(model.parameters()).device
     layout = ExpertLayout.of(handle.experts[0], handle.num_experts)
     nbytes = layout.row_bytes
+    copies = max(2, min(copies, (512 << 20) // nbytes))  # at most ~512 MiB of probe buffers
     if device.type == "cuda":
         bandwidth, per_copy = _cuda_copy_probe(device, nbytes, copies, repeats)
         where = torch.cuda.get_device_name(device)
