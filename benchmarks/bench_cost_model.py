@@ -7,7 +7,8 @@ full-residency decode time; the first repeat also warms the model up), times the
 each option rung's routing masks (no engine), then runs the serving ladder of `temoe bench serve --model
 tiny-random:gpt_oss --device cpu` in-process (`temoe.serve.bench.run_ladder`, the function that command
 calls): full residency, an LRU cache, synthetic option policies and the router used as an option policy.
-Every time is the best of the repeats (the machine is shared; a repeat's time only grows under contention).
+Each rung's time is compared with the prediction from the same repeat's profile (measured seconds apart, so
+both see the same contention on a shared machine); the table gives medians over repeats.
 
 For every rung the cost model predicts decode ms/token from the local profile and the rung's measured
 critical and background loads per token (error = predicted / measured − 1; target |error| ≤ 25 %), twice:
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -95,15 +97,24 @@ def _compare(row: dict, profile, method_ms: float) -> dict:
     }
 
 
-def _best_rows(ladders: list[list[dict]]) -> list[dict]:
-    """Per rung, the repeat with the fastest decode; its loads must equal every other repeat's (same work)."""
-    best = []
+def _paired(ladders, profiles, masked) -> list[dict]:
+    """Per rung: each repeat's ladder row against the prediction from that repeat's profile (both measured
+    within seconds of each other), then the median over repeats of every figure and of the per-repeat error,
+    and the error's range. Every repeat does the same work, so the loads must agree."""
+    rows = []
     for rung in zip(*ladders):
         loads = {(r["serve/loads_critical"], r["serve/loads_background"]) for r in rung}
         assert len(loads) == 1, f"repeats of {rung[0]['rung']!r} moved different loads: {loads}"
-        row = min(rung, key=lambda r: 1 / r["serve/decode_tokens_per_s"])
-        best.append({**row, "measured_ms": 1e3 / row["serve/decode_tokens_per_s"]})
-    return best
+        pairs = []
+        for row, profile, mask_ms in zip(rung, profiles, masked):
+            method = max(0.0, mask_ms[row["rung"]] - profile.compute_ms) if row["rung"] in mask_ms else 0.0
+            pairs.append(
+                _compare({**row, "measured_ms": 1e3 / row["serve/decode_tokens_per_s"]}, profile, method)
+            )
+        med = {k: statistics.median(p[k] for p in pairs) for k in pairs[0] if k != "rung"}
+        med["error_range"] = (min(p["error"] for p in pairs), max(p["error"] for p in pairs))
+        rows.append({"rung": rung[0]["rung"], **med})
+    return rows
 
 
 def run(args) -> dict:
@@ -134,14 +145,12 @@ def run(args) -> dict:
         print(
             f"repeat {r + 1}/{args.repeats}: local decode {profiles[-1].compute_ms:.3f} ms/token", flush=True
         )
-    profile = min(profiles, key=lambda p: p.compute_ms)
-    method = {label: max(0.0, min(m[label] for m in masked) - profile.compute_ms) for label in masked[0]}
-    rows = [_compare(row, profile, method.get(row["rung"], 0.0)) for row in _best_rows(ladders)]
+    rows = _paired(ladders, profiles, masked)
     return {
         "command": (
             f"temoe bench serve --model {MODEL} --device cpu --max-new-tokens {args.max_new_tokens} "
             f"--k-hat {' '.join(map(str, k_hats))} --switch-rate-target {args.switch_rate:g} "
-            f"--seed {args.seed} (in-process run_ladder; best of {args.repeats} repeats)"
+            f"--seed {args.seed} (in-process run_ladder; {args.repeats} repeats, medians)"
         ),
         "hardware": (
             f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
@@ -149,13 +158,13 @@ def run(args) -> dict:
             f"{os.getloadavg()[0]:.1f} after"
         ),
         "local_profile": {
-            "compute_ms": profile.compute_ms,
+            "compute_ms": statistics.median(p.compute_ms for p in profiles),
             "compute_ms_repeats": [p.compute_ms for p in profiles],
-            "load_ms": profile.load_ms,
-            "h2d_bandwidth_gbps": profile.h2d_bandwidth_gbps,
-            "copy_overhead_ms": profile.copy_overhead_ms,
-            "expert_bytes": profile.expert_bytes,
-            "background_overlap": profile.background_overlap,
+            "load_ms": statistics.median(p.load_ms for p in profiles),
+            "h2d_bandwidth_gbps": statistics.median(p.h2d_bandwidth_gbps for p in profiles),
+            "copy_overhead_ms": statistics.median(p.copy_overhead_ms for p in profiles),
+            "expert_bytes": profiles[0].expert_bytes,
+            "background_overlap": profiles[0].background_overlap,
         },
         "rows": rows,
     }
@@ -163,7 +172,7 @@ def run(args) -> dict:
 
 def format_table(result: dict) -> str:
     head = (
-        f"{'rung':42s} {'measured ms/tok':>15s} {'predicted':>9s} {'error':>7s} "
+        f"{'rung':42s} {'measured ms/tok':>15s} {'predicted':>9s} {'error':>7s} {'range':>15s} "
         f"{'+method':>8s} {'error':>7s} {'crit/tok':>8s} {'bg/tok':>6s} "
         f"{'stall meas/pred ms':>19s} {'copy meas/pred ms':>18s}"
     )
@@ -172,6 +181,7 @@ def format_table(result: dict) -> str:
         ok = "" if min(abs(r["error"]), abs(r["error_method"])) <= TARGET else "  MISS"
         lines.append(
             f"{r['rung']:42s} {r['measured_ms']:15.3f} {r['predicted_ms']:9.3f} {r['error']:+7.1%} "
+            f"{r['error_range'][0]:+6.1%}..{r['error_range'][1]:+6.1%} "
             f"{r['predicted_method_ms']:8.3f} {r['error_method']:+7.1%} {r['critical_per_token']:8.2f} "
             f"{r['background_per_token']:6.2f} {r['measured_stall_ms']:9.4f}/{r['predicted_stall_ms']:.4f} "
             f"{r['measured_copy_ms']:9.4f}/{r['predicted_copy_ms']:.4f}{ok}"
@@ -180,7 +190,7 @@ def format_table(result: dict) -> str:
     lines += [
         f"command: {result['command']}",
         f"hardware: {result['hardware']}",
-        f"local profile (best repeat): compute {lp['compute_ms']:.3f} ms/token (repeats: "
+        f"local profile (median): compute {lp['compute_ms']:.3f} ms/token (repeats: "
         f"{', '.join(f'{x:.2f}' for x in lp['compute_ms_repeats'])}); "
         f"one expert load ({lp['expert_bytes']} B) {lp['load_ms'] * 1e3:.1f} us; "
         f"background overlap {lp['background_overlap']:g}",
