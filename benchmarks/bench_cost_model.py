@@ -1,6 +1,6 @@
 """The decode cost model against the serving engine's own CPU runs.
 
-    PYTHONPATH=src python benchmarks/bench_cost_model.py --threads 1 --repeats 7
+    PYTHONPATH=src python benchmarks/bench_cost_model.py --threads 1 --repeats 9
 
 Each repeat does the same work: it measures the `local` hardware profile (copy probe + the model's
 full-residency decode time; the first repeat also warms the model up), times the plain model's decode under
@@ -202,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--switch-rate", type=float, default=0.05, help="the synthetic option policy's rate")
