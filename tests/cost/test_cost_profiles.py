@@ -67,6 +67,7 @@ def _write(tmp_path, **changes):
         ("decode_tok_s", None, r"missing field\(s\) \['decode_tok_s'\]"),
         ("sources", {"num_layers": "x"}, "no source for expert_bytes, h2d_bandwidth_gbps"),
         ("speed", 3, r"unknown field\(s\) \['speed'\]"),
+        ("sources", ["a", "b"], "sources must map a figure name"),
     ],
 )
 def test_bad_figures_fail_with_the_field_name(tmp_path, field, value, match):

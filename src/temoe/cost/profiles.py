@@ -165,6 +165,8 @@ def load_profile(name: str, *, dtype: str | None = None, path: str | Path | None
             f"profile {name!r} has no expert size for dtype {dtype!r}; valid: {', '.join(sizes)}"
         )
     figures = {f: entry[f] for f in FIGURES if f != "expert_bytes"}
+    if not isinstance(entry.get("sources") or {}, dict):
+        raise ValueError(f"profile {name!r}: sources must map a figure name to its source")
     sources = {str(k): str(v) for k, v in (entry.get("sources") or {}).items()}
     if entry.get("dtype") and dtype != entry["dtype"] and "decode_tok_s" in sources:
         sources["decode_tok_s"] = (
