@@ -188,6 +188,8 @@ def format_table(result: dict) -> str:
         )
     lp = result["local_profile"]
     lines += [
+        "error: median over repeats of predicted / measured - 1 within each repeat (not the ratio of the "
+        "median times); range: min..max over repeats",
         f"command: {result['command']}",
         f"hardware: {result['hardware']}",
         f"local profile (median): compute {lp['compute_ms']:.3f} ms/token (repeats: "
