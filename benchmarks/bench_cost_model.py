@@ -178,18 +178,19 @@ def format_table(result: dict) -> str:
     )
     lines = [head]
     for r in result["rows"]:
-        ok = "" if min(abs(r["error"]), abs(r["error_method"])) <= TARGET else "  MISS"
+        miss, miss_method = ("!" if abs(r[k]) > TARGET else " " for k in ("error", "error_method"))
         lines.append(
-            f"{r['rung']:42s} {r['measured_ms']:15.3f} {r['predicted_ms']:9.3f} {r['error']:+7.1%} "
+            f"{r['rung']:42s} {r['measured_ms']:15.3f} {r['predicted_ms']:9.3f} {r['error']:+6.1%}{miss} "
             f"{r['error_range'][0]:+6.1%}..{r['error_range'][1]:+6.1%} "
-            f"{r['predicted_method_ms']:8.3f} {r['error_method']:+7.1%} {r['critical_per_token']:8.2f} "
-            f"{r['background_per_token']:6.2f} {r['measured_stall_ms']:9.4f}/{r['predicted_stall_ms']:.4f} "
-            f"{r['measured_copy_ms']:9.4f}/{r['predicted_copy_ms']:.4f}{ok}"
+            f"{r['predicted_method_ms']:8.3f} {r['error_method']:+6.1%}{miss_method} "
+            f"{r['critical_per_token']:8.2f} {r['background_per_token']:6.2f} "
+            f"{r['measured_stall_ms']:9.4f}/{r['predicted_stall_ms']:.4f} "
+            f"{r['measured_copy_ms']:9.4f}/{r['predicted_copy_ms']:.4f}"
         )
     lp = result["local_profile"]
     lines += [
         "error: median over repeats of predicted / measured - 1 within each repeat (not the ratio of the "
-        "median times); range: min..max over repeats",
+        f"median times; ! = beyond the {TARGET:.0%} target); range: min..max over repeats",
         f"command: {result['command']}",
         f"hardware: {result['hardware']}",
         f"local profile (median): compute {lp['compute_ms']:.3f} ms/token (repeats: "
