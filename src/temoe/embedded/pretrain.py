@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -377,7 +378,11 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     step, elapsed = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        try:  # tensors, numbers and strings only: a checkpoint never runs code
+            ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{ckpt_path} holds objects other than tensors and numbers; refusing to load "
+                             f"it: {str(err).splitlines()[0]}") from None
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)
