@@ -114,3 +114,21 @@ def check_finite_tensors(tensors: dict, what: str) -> None:
     if bad:
         raise ValueError(f"{what} has non-finite values in {len(bad)} of {len(tensors)} tensors "
                          f"({', '.join(bad[:5])}); refusing to save it")
+
+
+def check_output_file(path, flag: str) -> None:
+    """ValueError, before any work, when `path` cannot become an output file: a directory, or a location
+    whose nearest existing folder is not writable. Creates nothing."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path}: the file exists and is not writable")
