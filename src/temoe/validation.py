@@ -86,8 +86,8 @@ FINITE = Range()
 #: TrainConfig keys with a range beyond "finite" (the config's own validate() covers the rest).
 TRAIN_RANGES = {
     "eta": ETA,
-    "lr_controller": POSITIVE,
-    "lr_policy": POSITIVE,
+    "lr_controller": NON_NEGATIVE,  # 0 freezes the controller (demo --frozen-baseline)
+    "lr_policy": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
     "grad_clip": POSITIVE,
     "lora_alpha": POSITIVE,

@@ -121,3 +121,15 @@ def test_a_controller_with_nan_is_never_saved(tmp_path):
         save_checkpoint(tmp_path, 1, peft_model=None, handle=None, controller=controller, optimizers={},
                         generators={}, train_config=None, controller_config=None, accelerator=None)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_embedded_pretraining_checkpoint_never_runs_code(tmp_path):
+    from temoe.embedded.pretrain import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "step": _Payload(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt holds objects other than tensors"):
+        load_checkpoint(tmp_path / "checkpoint.pt", "cpu")
+    assert not marker.exists()
+    torch.save({"model": {"w": torch.ones(2)}, "step": 3, "config": {"lr": 1e-3}}, tmp_path / "good.pt")
+    assert load_checkpoint(tmp_path / "good.pt", "cpu")["step"] == 3

@@ -50,7 +50,7 @@ def test_cli_refuses_bad_numbers_before_any_work(argv, message, capsys):
     ("eta", "inf", "config key eta=inf: must be a finite number >= 0"),
     ("eta", "nan", "config key eta=nan: must be a finite number >= 0"),
     ("eta", "-0.5", "config key eta=-0.5: must be a finite number >= 0"),
-    ("lr_policy", "0", "config key lr_policy=0.0: must be a finite number > 0"),
+    ("lr_policy", "-1e-4", "config key lr_policy=-0.0001: must be a finite number >= 0"),
     ("gamma", "nan", "config key gamma=nan: must be a finite number"),
 ])
 def test_configs_and_the_python_api_refuse_the_same_values(tmp_path, key, value, message):

@@ -107,3 +107,13 @@ def test_resume_before_the_first_checkpoint_starts_at_step_zero(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1}\n')  # killed after logging step 1, before any checkpoint
     result = train(_config(run, steps=1), resume=True)
     assert [r["step"] for r in read_metrics(run)] == [1] and result.metrics[0]["step"] == 1
+
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    run = tmp_path / "R"
+    train(_config(run, steps=2, keep_checkpoints=1))
+    ckpts = run / "checkpoints"
+    shutil.copytree(ckpts / "step_000002", ckpts / "step_000009")  # a later step of an abandoned branch
+    train(_config(run, steps=3, keep_checkpoints=1), resume=True)
+    assert resolve_checkpoint(run).name == "step_000003"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_000003", "step_000009"]
