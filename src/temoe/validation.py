@@ -97,12 +97,15 @@ TRAIN_RANGES = {
 
 
 def check_fields(obj, ranges: dict[str, Range], prefix: str = "config key ") -> None:
-    """Every float field of dataclass `obj` finite, and each field named in `ranges` inside its range."""
-    from dataclasses import fields
+    """Every float field of dataclass `obj` finite, and each field named in `ranges` inside its range;
+    nested dataclasses are checked the same way (keys named `outer.inner`, ranges looked up by `inner`)."""
+    from dataclasses import fields, is_dataclass
 
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if f.name in ranges:
+        if is_dataclass(value):
+            check_fields(value, ranges, f"{prefix}{f.name}.")
+        elif f.name in ranges:
             ranges[f.name].check(prefix + f.name, value)
         elif isinstance(value, float):
             FINITE.check(prefix + f.name, value)

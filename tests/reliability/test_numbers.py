@@ -64,6 +64,27 @@ def test_configs_and_the_python_api_refuse_the_same_values(tmp_path, key, value,
         TrainConfig(**{key: float(value)}).validate()  # Python API
 
 
+def test_nested_config_sections_are_checked_too():
+    from dataclasses import dataclass, field
+
+    from temoe.validation import check_fields
+
+    @dataclass
+    class Inner:
+        eta: float = 0.02
+
+    @dataclass
+    class Outer:
+        controller: Inner = field(default_factory=Inner)
+        gamma: float = 0.9
+
+    check_fields(Outer(), {"eta": ETA})
+    with pytest.raises(ValueError, match="config key controller.eta=-1.0: must be a finite number >= 0"):
+        check_fields(Outer(Inner(-1.0)), {"eta": ETA})
+    with pytest.raises(ValueError, match="config key gamma=inf: must be a finite number"):
+        check_fields(Outer(gamma=math.inf), {"eta": ETA})
+
+
 def test_a_bad_yaml_config_names_the_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("eta: 0.02\nsteps: [1\n")
