@@ -1,10 +1,16 @@
-"""Prompt files: JSONL with a `prompt` string per line, an optional `category` and an optional `id`."""
+"""Prompt files: JSONL with a `prompt` string per line, an optional `category` and an optional `id`; the one
+reader every command uses, with `file:line` errors, and the check that a prompt fits the model's positions.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("temoe")
 
 DEFAULT_CATEGORY = "uncategorised"
 
@@ -19,6 +25,8 @@ class Prompt:
     """The prompt text."""
     category: str
     """The line's `category` (Table 1 columns: chat, code, math, ...), or "uncategorised"."""
+    where: str = ""
+    """`file:line` of the prompt, for messages."""
 
 
 def load_prompts(path: str | Path, per_category: int | None = None) -> list[Prompt]:
@@ -49,8 +57,38 @@ def load_prompts(path: str | Path, per_category: int | None = None) -> list[Prom
         if per_category is not None and kept.get(category, 0) >= per_category:
             continue
         kept[category] = kept.get(category, 0) + 1
-        prompts.append(Prompt(id=row.get("id", index), prompt=row["prompt"], category=category))
+        prompts.append(Prompt(id=row.get("id", index), prompt=row["prompt"], category=category,
+                              where=f"{path}:{number}"))
     if not prompts:
         raise ValueError(f"prompt file {str(path)!r} is empty: expected JSONL lines like "
                          '{"prompt": "...", "category": "chat"}')
     return prompts
+
+
+def check_fits(prompt_tokens: int, max_new_tokens: int, max_positions: int | None, what: str = "the prompt"
+               ) -> None:
+    """ValueError when prompt + response tokens exceed the model's `max_positions` (None = unbounded)."""
+    if max_positions is not None and prompt_tokens + max_new_tokens > max_positions:
+        raise ValueError(f"{what} ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's {max_positions} positions; shorten it or lower max_new_tokens")
+
+
+def keep_fitting(prompts: list[Prompt], count_tokens: Callable[[str], int], limit: int | None,
+                 what: str = "the model's positions") -> list[Prompt]:
+    """The prompts of at most `limit` tokens; each one dropped is named (file:line) in a warning.
+
+    A prompt of more than 64 characters per allowed token is dropped without tokenising it, so a 1 MB
+    line costs nothing. ValueError if none is left.
+    """
+    if limit is None:
+        return prompts
+    kept = []
+    for p in prompts:
+        if len(p.prompt) <= 64 * limit and count_tokens(p.prompt) <= limit:
+            kept.append(p)
+        else:
+            log.warning("%s: prompt of %d characters exceeds %s (%d tokens): skipped", p.where or p.id,
+                        len(p.prompt), what, limit)
+    if not kept:
+        raise ValueError(f"every prompt exceeds {what} ({limit} tokens)")
+    return kept

@@ -3,7 +3,9 @@ malformed requests, and a failing request that does not disturb concurrent ones.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import httpx
 import openai
@@ -65,14 +67,22 @@ def test_openai_client_completions_and_chat(served):
     assert "".join(deltas) == chat.choices[0].message.content
 
 
+X = {"model": MODEL, "prompt": "x"}
+
+
 @pytest.mark.parametrize("path,body,status,fragment", [
     ("/completions", b"{not json", 400, "not valid JSON"),
     ("/completions", b"[1, 2]", 400, "JSON object"),
     ("/completions", {"model": MODEL}, 400, "missing required field 'prompt'"),
-    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": "ten"}, 400, "must be an integer"),
-    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens must be in"),
-    ("/completions", {"model": MODEL, "prompt": "x", "temperature": 9}, 400, "temperature must be in"),
-    ("/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "only n=1"),
+    ("/completions", {**X, "max_tokens": "ten"}, 400, "must be an integer"),
+    ("/completions", {**X, "max_tokens": 0}, 400, "max_tokens=0: must be an integer in [1, 64]"),
+    ("/completions", {**X, "temperature": 9}, 400, "temperature=9.0: must be a finite number in [0, 2]"),
+    ("/completions", json.dumps({**X, "temperature": float("nan")}).encode(), 400, "temperature=nan"),
+    ("/completions", {**X, "top_p": 0}, 400, "top_p=0.0: must be a finite number in (0, 1]"),
+    ("/completions", {**X, "seed": 10**23}, 400, "seed=100000000000000000000000: must be"),
+    ("/completions", {**X, "seed": 1e23}, 400, "field 'seed' must be an integer"),
+    ("/completions", {**X, "seed": -1}, 400, "seed=-1: must be an integer in [0, "),
+    ("/completions", {**X, "n": 2}, 400, "only n=1"),
     ("/completions", {"model": MODEL, "prompt": ["a", "b"]}, 400, "exactly one string"),
     ("/completions", {"model": "gpt-4", "prompt": "x"}, 404, "not served here"),
     ("/chat/completions", {"model": MODEL, "messages": []}, 400, "non-empty array"),
@@ -142,3 +152,123 @@ def test_stop_string_is_never_streamed(served):
     assert "".join(p for k, p in job.queue if k == "text") == "ab"        # "\n" held back: may start "\n\n"
     assert worker._accept(job, tok("\n").input_ids[0]) == "stop"
     assert "".join(p for k, p in job.queue if k == "text") == "ab"
+
+
+def _small_app(tokenizer=None, model=None, **kwargs):
+    """A second App on its own tiny model, for settings the shared fixture does not use."""
+    model = model if model is not None else tiny_model("gpt_oss")
+    handle = temoe.wrap(model)
+    engine = OffloadEngine(handle, make_policy("full", handle.num_layers, handle.num_experts))
+    app = App(engine, tokenizer if tokenizer is not None else char_tokenizer(), MODEL, **kwargs)
+    server, thread, port = start_background(app.starlette)
+    return app, f"http://127.0.0.1:{port}/v1", lambda: (setattr(server, "should_exit", True), thread.join(30))
+
+
+def test_a_request_body_beyond_the_limit_is_refused_with_413(served):
+    big = json.dumps({**X, "prompt": "a" * (3 * 1024 * 1024)}).encode()
+    r = httpx.post(served["base"] + "/completions", content=big, timeout=30)
+    assert r.status_code == 413 and "limit of 2097152 bytes" in r.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: the limit holds while the body streams in
+        yield b'{"model": "%s", "prompt": "' % MODEL.encode()
+        for _ in range(40):
+            yield b"a" * 65536
+        yield b'"}'
+
+    r = httpx.post(served["base"] + "/completions", content=chunked(), timeout=30)
+    assert r.status_code == 413
+
+
+def test_tokenisation_runs_off_the_event_loop(served, monkeypatch):
+    app = served["app"]
+    original = app._job
+
+    def slow_job(*args, **kwargs):  # stands in for templating/tokenising a very long prompt
+        time.sleep(2.0)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(app, "_job", slow_job)
+    pending = threading.Thread(target=httpx.post, args=(served["base"] + "/completions",),
+                               kwargs={"json": {**X, "max_tokens": 2}, "timeout": 30})
+    pending.start()
+    time.sleep(0.3)
+    start = time.perf_counter()
+    assert httpx.get(served["base"] + "/models", timeout=30).status_code == 200
+    assert time.perf_counter() - start < 1.0  # not stalled behind the 2 s request
+    pending.join()
+
+
+def test_a_non_streaming_job_whose_client_left_is_cancelled_not_completed(served, monkeypatch):
+    worker = served["app"].worker
+    start = worker._start
+
+    def slow_start(job):  # 0.1 s per token: the client's 0.5 s timeout fires mid-generation
+        def steps():
+            for token in start(job):
+                time.sleep(0.1)
+                yield token
+        return steps()
+
+    monkeypatch.setattr(worker, "_start", slow_start)
+    before = dict(worker.load())
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(served["base"] + "/completions", json={**X, "max_tokens": 60, "temperature": 0},
+                   timeout=0.5)
+    deadline = time.time() + 20
+    while worker.load()["cancelled"] == before["cancelled"] and time.time() < deadline:
+        time.sleep(0.1)
+    after = worker.load()
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"] and after["active"] == 0
+
+
+def test_chat_needs_a_template_and_the_embedded_model_has_one():
+    bare = char_tokenizer()
+    bare.chat_template = None
+    app, base, stop = _small_app(bare)
+    try:
+        r = httpx.post(base + "/chat/completions", json={"model": MODEL, "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=30)
+        assert r.status_code == 400 and "has no chat template" in r.json()["error"]["message"]
+    finally:
+        stop()
+    from temoe.serve.server import PLAIN_CHAT_TEMPLATE
+
+    model, tokenizer = temoe.load_model("tiny")  # what `temoe serve --model tiny` serves
+    app, base, stop = _small_app(tokenizer, model, chat_template=PLAIN_CHAT_TEMPLATE)
+    try:
+        text = "Problem: Compute 2 + 3.\nSolution:"
+        r = httpx.post(base + "/chat/completions", json={"model": MODEL, "max_tokens": 4, "messages": [
+            {"role": "user", "content": text}]}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == len(tokenizer(text).input_ids)  # the plain template
+    finally:
+        stop()
+
+
+def test_an_api_key_is_required_when_set():
+    app, base, stop = _small_app(api_key="s3cret")
+    try:
+        assert httpx.get(base + "/models", timeout=30).status_code == 401
+        wrong = httpx.get(base + "/models", headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
+        client = openai.OpenAI(base_url=base, api_key="s3cret", timeout=60, max_retries=0)
+        assert [m.id for m in client.models.list().data] == [MODEL]
+    finally:
+        stop()
+
+
+def test_python_api_refuses_zero_concurrency_and_queue():
+    model = tiny_model("gpt_oss")
+    handle = temoe.wrap(model)
+    engine = OffloadEngine(handle, make_policy("full", handle.num_layers, handle.num_experts))
+    for kwargs, message in (({"max_active": 0}, "max_active=0"), ({"max_queue": 0}, "max_queue=0")):
+        with pytest.raises(ValueError, match=message + ": must be an integer >= 1"):
+            App(engine, char_tokenizer(), MODEL, **kwargs)
+
+
+def test_binding_beyond_loopback_warns():
+    from temoe.cli.serve import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1")
+    assert not _loopback("0.0.0.0") and not _loopback("192.168.1.5")

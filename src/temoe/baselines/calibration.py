@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from temoe.prompts import load_prompts
+
 __all__ = ["CalibrationConfig", "calibration_prompts", "calibration_sequences", "model_fingerprint",
            "calibration_key",            "padded_batches", "RoutingStats", "collect_routing"]
 
@@ -63,10 +65,7 @@ def calibration_prompts(cfg: CalibrationConfig) -> list[str]:
         path = Path(cfg.prompts_file)
         if not path.exists():
             raise FileNotFoundError(f"calibration prompts file {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        prompts = [json.loads(line)["prompt"] for line in fh if line.strip()]
-    if not prompts:
-        raise ValueError(f"no prompts in {str(path)!r}")
+    prompts = [p.prompt for p in load_prompts(path)]  # file:line errors; an empty file is refused
     random.Random(cfg.seed).shuffle(prompts)
     return prompts[:cfg.num_prompts]
 

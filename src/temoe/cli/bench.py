@@ -62,7 +62,9 @@ def _read_prompts(path: str | None, limit: int) -> list[str] | None:
         return None
     text = Path(path).read_text()
     if path.endswith(".jsonl"):
-        prompts = [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+        from temoe.prompts import load_prompts
+
+        prompts = [p.prompt for p in load_prompts(path)]
     else:
         prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:

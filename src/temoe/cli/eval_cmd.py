@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from temoe.validation import POSITIVE_INT, SEED, TEMPERATURE, TOP_P, check_output_file
+
 
 def register(sub) -> None:
     from temoe.eval.tasks import TASKS
@@ -18,7 +20,7 @@ def register(sub) -> None:
     method.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir)")
     method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
                         help="pruning baseline at the same k̂ (default: the base model)")
-    p.add_argument("--k-hat", type=int, default=None,
+    p.add_argument("--k-hat", type=POSITIVE_INT.arg, default=None,
                    help="allowed experts per layer k̂ (k̃ <= k̂ <= N); required with --baseline; default: the "
                         "checkpoint's k̂ with --checkpoint, k̃ for the base model (its switch rate at k̂ = k̃)")
     p.add_argument("--task", required=True, choices=TASKS)
@@ -27,14 +29,15 @@ def register(sub) -> None:
                    help="MATH answer comparison: official (Hendrycks et al.'s normalisation) or lenient "
                         "(plus trailing periods, units, \\text{}, thousands separators, numeric equality); "
                         "default: official for hendrycks-math, lenient for the embedded math")
-    p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
+    p.add_argument("--limit", type=POSITIVE_INT.arg, default=200,
+                   help="questions drawn with --seed (§5: 200)")
     p.add_argument("--json", required=True, help="summary JSON output path")
     p.add_argument("--records", help="per-question JSONL output path")
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="§5: 2048")
-    p.add_argument("--temperature", type=float, default=0.5, help="§5: 0.5")
-    p.add_argument("--top-p", type=float, default=0.95, help="§5: 0.95")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=42, help="question sample and sampling seed (§5: 42)")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT.arg, default=2048, help="§5: 2048")
+    p.add_argument("--temperature", type=TEMPERATURE.arg, default=0.5, help="§5: 0.5")
+    p.add_argument("--top-p", type=TOP_P.arg, default=0.95, help="§5: 0.95")
+    p.add_argument("--batch-size", type=POSITIVE_INT.arg, default=8)
+    p.add_argument("--seed", type=SEED.arg, default=42, help="question sample and sampling seed (§5: 42)")
     p.add_argument("--random-fixed", action="store_true",
                    help="random baseline: one fixed random subset per layer instead of a fresh set per token")
     p.add_argument("--controller-mode", choices=("sample", "greedy"), default="sample",
@@ -44,11 +47,13 @@ def register(sub) -> None:
                    help="override only how an option is chosen at a termination (greedy: top-k̂ of the "
                         "selection logits; default: as --controller-mode)")
     p.add_argument("--calibration-prompts", help="JSONL with `prompt` per line (default: embedded prompts)")
-    p.add_argument("--calibration-size", type=int, default=128, help="calibration prompts (§5: 128)")
-    p.add_argument("--calibration-tokens", type=int, default=2048, help="prompt + response tokens (§5: 2048)")
+    p.add_argument("--calibration-size", type=POSITIVE_INT.arg, default=128,
+                   help="calibration prompts (§5: 128)")
+    p.add_argument("--calibration-tokens", type=POSITIVE_INT.arg, default=2048,
+                   help="prompt + response tokens (§5: 2048)")
     p.add_argument("--cache-dir", default=".temoe-cache", help="calibration and baseline-mask cache")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT.arg, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,9 @@ def run(args) -> int:
     from temoe.eval.tasks import load_task
     from temoe.loading import load_model
 
+    check_output_file(args.json, "--json")  # before the evaluation, not after it
+    if args.records:
+        check_output_file(args.records, "--records")
     task = load_task(args.task, args.data, limit=args.limit, seed=args.seed, grader=args.grader)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)

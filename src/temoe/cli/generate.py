@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import math
 
+from temoe.validation import POSITIVE_INT, SEED, TEMPERATURE, TOP_P
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a trained controller and report the switch rate")
     p.add_argument("--model", required=True, help="model name (`tiny`) or local HF directory")
     p.add_argument("--checkpoint", help="training run or checkpoint directory (omit: base model routing)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.5, help="token temperature, 0 = greedy (§5: 0.5)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus (§5: 0.95)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT.arg, default=128)
+    p.add_argument("--temperature", type=TEMPERATURE.arg, default=0.5,
+                   help="token temperature, 0 = greedy (§5: 0.5)")
+    p.add_argument("--top-p", type=TOP_P.arg, default=0.95, help="nucleus (§5: 0.95)")
+    p.add_argument("--seed", type=SEED.arg, default=42)
     p.add_argument(
         "--controller-mode",
         choices=("sample", "greedy"),
@@ -25,17 +28,22 @@ def register(sub) -> None:
     )
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt text")
     p.add_argument("--offload", action="store_true", help="run through the expert-offloading engine")
-    p.add_argument("--expert-budget", type=int, help="resident experts per layer with --offload (default k̂)")
+    p.add_argument("--expert-budget", type=POSITIVE_INT.arg,
+                   help="resident experts per layer with --offload (default k̂)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, switch_rate[, stats])")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import temoe
-    from temoe.rollout.inference import generate_text
+    from temoe.prompts import check_fits
+    from temoe.rollout.inference import encode_prompt, generate_text
     from temoe.train.checkpoint import load_for_inference
 
     model, tokenizer = temoe.load_model(args.model)
+    prompt_tokens = len(encode_prompt(tokenizer, args.prompt, not args.no_chat_template))
+    check_fits(prompt_tokens, args.max_new_tokens, getattr(model.config, "max_position_embeddings", None),
+               "--prompt")
     controller = None
     if args.checkpoint:
         model, handle, controller = load_for_inference(model, args.checkpoint)

@@ -10,6 +10,11 @@ router runs with an LRU cache of --expert-budget experts per layer.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
+
+from temoe.validation import PORT, POSITIVE_INT
 
 
 def register(sub) -> None:
@@ -29,18 +34,39 @@ def register(sub) -> None:
         "--offload", action="store_true", help="keep only --expert-budget experts per layer on device"
     )
     p.add_argument(
-        "--expert-budget", type=int, help="expert slots per MoE layer (default k̂ with a checkpoint)"
+        "--expert-budget",
+        type=POSITIVE_INT.arg,
+        help="expert slots per MoE layer (default k̂ with a checkpoint)",
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=PORT.arg, default=8000)
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument(
-        "--num-layers", type=int, help="shrink tiny-random / gpt-oss-20b-random models to N layers"
+        "--num-layers",
+        type=POSITIVE_INT.arg,
+        help="shrink tiny-random / gpt-oss-20b-random models to N layers",
     )
     p.add_argument(
-        "--max-active", type=int, help="concurrent requests (default: budget // k̂ in option mode, else 4)"
+        "--max-active",
+        type=POSITIVE_INT.arg,
+        help="concurrent requests (default: budget // k̂ in option mode, else 4)",
     )
-    p.add_argument("--max-queue", type=int, default=16, help="waiting requests before HTTP 429")
+    p.add_argument("--max-queue", type=POSITIVE_INT.arg, default=16, help="waiting requests before HTTP 429")
+    p.add_argument(
+        "--max-body-bytes",
+        type=POSITIVE_INT.arg,
+        help="largest request body accepted, HTTP 413 beyond (default 2 MiB)",
+    )
+    p.add_argument(
+        "--chat-template",
+        help="Jinja chat template file for a tokenizer without one (the embedded `tiny` model "
+        "gets a plain one: the messages' contents, one per line)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TEMOE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every /v1 request (default: $TEMOE_API_KEY)",
+    )
     p.add_argument("--served-name", help="model id clients send (default: --model)")
     p.set_defaults(func=run)
 
@@ -84,11 +110,32 @@ def build_engine(args):
     return engine, tokenizer, controller
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def run(args) -> int:
     import uvicorn
 
-    from temoe.serve.server import App
+    from temoe.serve.server import DEFAULT_MAX_BODY_BYTES, PLAIN_CHAT_TEMPLATE, App
 
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as fh:
+            template = fh.read()
+    else:
+        template = PLAIN_CHAT_TEMPLATE if args.model == "tiny" else None
+    if not _loopback(args.host):
+        print(
+            f"temoe serve: warning: binding {args.host} exposes the server beyond this machine"
+            + ("" if args.api_key else "; anyone who can reach it may use it (set --api-key)"),
+            file=sys.stderr,
+            flush=True,
+        )
     engine, tokenizer, controller = build_engine(args)
     app = App(
         engine,
@@ -97,6 +144,9 @@ def run(args) -> int:
         controller=controller,
         max_active=args.max_active,
         max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        chat_template=template,
+        api_key=args.api_key,
     )
     print(
         f"temoe serve: {args.served_name or args.model} on http://{args.host}:{args.port}/v1 "

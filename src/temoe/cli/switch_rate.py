@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from temoe.validation import POSITIVE_INT, SEED, TEMPERATURE, TOP_P, check_output_file
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -28,21 +30,35 @@ def register(sub) -> None:
         "100 prompts in each of Table 1's 10 categories)",
     )
     p.add_argument(
-        "--k-hat", required=True, type=int, help="allowed experts k̂ of the base-model option (k̃ <= k̂ <= N)"
+        "--k-hat",
+        required=True,
+        type=POSITIVE_INT.arg,
+        help="allowed experts k̂ of the base-model option (k̃ <= k̂ <= N)",
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=256, help="tokens to generate per prompt (§3.1: 256)"
+        "--max-new-tokens",
+        type=POSITIVE_INT.arg,
+        default=256,
+        help="tokens to generate per prompt (§3.1: 256)",
     )
     p.add_argument(
-        "--temperature", type=float, default=0.5, help="sampling temperature (§3.1: 0.5); 0 = greedy"
+        "--temperature",
+        type=TEMPERATURE.arg,
+        default=0.5,
+        help="sampling temperature (§3.1: 0.5); 0 = greedy",
     )
     p.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling (Table 1 states none: 1.0 = off)"
+        "--top-p", type=TOP_P.arg, default=1.0, help="nucleus sampling (Table 1 states none: 1.0 = off)"
     )
-    p.add_argument("--seed", type=int, default=42, help="torch RNG seed for sampling (§5: 42)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left padding)")
+    p.add_argument("--seed", type=SEED.arg, default=42, help="torch RNG seed for sampling (§5: 42)")
     p.add_argument(
-        "--per-category", type=int, default=None, help="keep the first n prompts of each category (§3.1: 100)"
+        "--batch-size", type=POSITIVE_INT.arg, default=8, help="prompts per generate call (left padding)"
+    )
+    p.add_argument(
+        "--per-category",
+        type=POSITIVE_INT.arg,
+        default=None,
+        help="keep the first n prompts of each category (§3.1: 100)",
     )
     p.add_argument(
         "--no-chat-template",
@@ -60,12 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
     import temoe
     from temoe.analysis.switch_survey import RATED_POSITIONS, generate_traced, prompt_record, summarize
-    from temoe.prompts import load_prompts
+    from temoe.prompts import keep_fitting, load_prompts
+    from temoe.rollout.inference import encode_prompt
 
     if args.prompts is None:
         from temoe.embedded import data_path
 
         args.prompts = data_path("prompts.jsonl")
+    for path, flag in ((args.json, "--json"), (args.records, "--records")):
+        if path is not None:
+            check_output_file(path, flag)
     prompts = load_prompts(args.prompts, per_category=args.per_category)
     if args.max_new_tokens < 3:
         raise ValueError(
@@ -79,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--k-hat {args.k_hat} is out of range for this model: need k̃ = {k_tilde} <= k̂ <= N = {n}"
         )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None:  # prompt + response must fit: a 1 MB line is skipped, never allocated
+        chat = not args.no_chat_template
+        limit, what = positions - args.max_new_tokens, f"{positions} positions - --max-new-tokens"
+        prompts = keep_fitting(prompts, lambda text: len(encode_prompt(tokenizer, text, chat)), limit, what)
     if tokenizer.pad_token is None:  # left padding needs a pad token; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     records = []

@@ -1,12 +1,15 @@
 """`temoe train`: option-critic controller training with on-policy self-distillation (Alg. 2).
 
 Flags are shorthands for config keys; any other key is set with `key=value`. Precedence: defaults < --config
-YAML < flags < key=value. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
+YAML < flags < key=value (flags and key=value may come in any order). A run directory that holds an earlier
+run is refused unless --resume or --overwrite. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from temoe.validation import ETA, POSITIVE_INT, SEED
 
 #: flag -> config key
 _SHORTHANDS = {
@@ -27,29 +30,36 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
-    p.add_argument("--k-hat", type=int, help="allowed experts per option k̂ [k_hat]")
-    p.add_argument("--eta", type=float, help="deliberation cost η [eta]")
-    p.add_argument("--steps", type=int, help="optimisation steps [steps]")
+    p.add_argument("--k-hat", type=POSITIVE_INT.arg, help="allowed experts per option k̂ [k_hat]")
+    p.add_argument("--eta", type=ETA.arg, help="deliberation cost η [eta]")
+    p.add_argument("--steps", type=POSITIVE_INT.arg, help="optimisation steps [steps]")
     p.add_argument("--out", help="run directory [out_dir]")
-    p.add_argument("--seed", type=int, help="seed [seed]")
+    p.add_argument("--seed", type=SEED.arg, help="seed [seed]")
     p.add_argument("--config", help="YAML file, or a shipped config name (tiny, gpt-oss-20b)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
-    p.set_defaults(func=run)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in OUT (its config, metrics and checkpoints)")
+    # REMAINDER keeps flags that follow a key=value; run() parses them (argparse cannot intermix positionals)
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="any TrainConfig field")
+    p.set_defaults(func=run, parser=p)
 
 
 def run(args) -> int:
     from temoe.train.config import load_config, parse_overrides
     from temoe.train.trainer import train
 
+    flags = [item for item in args.overrides if "=" not in item or item.startswith("-")]
+    items = [item for item in args.overrides if item not in flags]
+    if flags:
+        args.parser.parse_args(flags, namespace=args)
     overrides = {
         key: getattr(args, flag) for flag, key in _SHORTHANDS.items() if getattr(args, flag) is not None
     }
-    overrides.update(parse_overrides(args.overrides))
+    overrides.update(parse_overrides(items))
     # The process count is checked inside train(), once accelerate's state exists (creating a PartialState
     # here would fix the distributed type before the Accelerator reads ACCELERATE_USE_CPU).
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.metrics:
         last = result.metrics[-1]
         print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -309,6 +310,15 @@ def lr_at(step: int, cfg: PretrainConfig, elapsed_s: float = 0.0) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def load_checkpoint(path: Path, device) -> dict:
+    """The pre-training checkpoint: tensors, numbers and strings only (`weights_only=True`), never code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds objects other than tensors and numbers; refusing to load it: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -380,7 +390,7 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
     step, elapsed = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, cfg.device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)

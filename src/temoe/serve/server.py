@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
 import threading
@@ -19,15 +20,19 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from temoe.serve.engine import OffloadEngine
 from temoe.serve.generate import decode_steps, resolve_masks
+from temoe.validation import POSITIVE_INT, SEED, TOP_P, Range
 
 
 class RequestError(Exception):
@@ -98,6 +103,7 @@ class Worker:
         self.step_lock = threading.Lock()
         self.completed = 0
         self.failed = 0
+        self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, name="temoe-serve-worker", daemon=True)
         self._thread.start()
 
@@ -127,6 +133,7 @@ class Worker:
             "max_queue": self.max_queue,
             "completed": self.completed,
             "failed": self.failed,
+            "cancelled": self.cancelled,
         }
 
     def _start(self, job: Job):
@@ -184,6 +191,7 @@ class Worker:
             finish = "error"
         if finish is not None:
             self.engine.release(job.stream_id)
+            self.cancelled += finish == "cancelled"
             if finish not in ("error", "cancelled"):
                 self.completed += 1
                 job.emit("done", (finish, self._usage(job)))
@@ -231,36 +239,79 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _field(body: dict, name: str, types, default=None, *, required: bool = False):
-    if name not in body or body[name] is None:
-        if required:
-            raise RequestError(f"missing required field '{name}'", param=name)
-        return default
-    value = body[name]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise RequestError(f"field '{name}' must be {_type_names(types)}, got a boolean", param=name)
-    if not isinstance(value, types):
-        raise RequestError(
-            f"field '{name}' must be {_type_names(types)}, got {type(value).__name__}", param=name
-        )
-    return value
+#: Default request-body limit: room for a prompt filling gpt-oss's 131,072 positions (about 4 bytes a token)
+#: plus JSON escaping, while one request can never hold more than this much memory while it is read.
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+#: Fallback chat template for a model whose tokenizer has none (the embedded `tiny` model is a plain text
+#: completion model): the messages' contents, one per line, with no role markup.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if not loop.first %}\n{% endif %}{{ message['content'] }}{% endfor %}"
+)
 
 
-def _type_names(types) -> str:
-    names = {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        bool: "a boolean",
-        dict: "an object",
-    }
-    types = types if isinstance(types, tuple) else (types,)
-    return " or ".join(names.get(t, t.__name__) for t in types)
+def _ranged(r: Range):
+    return AfterValidator(lambda value, info: r.check(info.field_name, value))
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class _Request(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions; unknown fields are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str
+    n: int = 1
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: Annotated[float, _ranged(Range(0, 2))] = 1.0
+    top_p: Annotated[float, _ranged(TOP_P)] = 1.0
+    stop: str | list[str] | None = None
+    seed: Annotated[int | None, AfterValidator(lambda v: v if v is None else SEED.check("seed", v))] = None
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+
+class ChatRequest(_Request):
+    messages: list[Message]
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "a boolean",
+               "list": "an array", "dict": "an object", "model": "an object"}
+
+
+def _request_error(err: ValidationError) -> RequestError:
+    """The first pydantic error as an OpenAI-style 400 naming the field (`param`) and what it must be."""
+    e = err.errors(include_url=False)[0]
+    loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "str", "list["))]
+    path = loc[0] + "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc[1:]) if loc else "body"
+    kind = e["type"]
+    if kind == "missing":
+        where = path.rsplit(".", 1)[0] + ": " if len(loc) > 1 else ""
+        message = f"{where}missing required field '{loc[-1]}'"
+    elif kind == "value_error":
+        message = str(e["ctx"]["error"])
+    elif kind.split("_")[0] in _TYPE_WORDS and kind.endswith(("_type", "_parsing")):
+        message = f"field '{path}' must be {_TYPE_WORDS[kind.split('_')[0]]}"
+    else:
+        message = f"field '{path}': {e['msg']}"
+    return RequestError(message, param=loc[0] if loc else None)
 
 
 class App:
-    """Request parsing and response formatting; `App(...).starlette` is the ASGI app."""
+    """Request parsing and response formatting; `App(...).starlette` is the ASGI app.
+
+    `max_body_bytes` bounds a request body (413 beyond it); `chat_template` is used when the tokenizer has
+    none (else /v1/chat/completions answers 400); with `api_key` every /v1 route needs
+    `Authorization: Bearer <api_key>` (401 otherwise), as in vLLM's OpenAI server.
+    """
 
     def __init__(
         self,
@@ -273,11 +324,20 @@ class App:
         max_active: int | None = None,
         max_queue: int = 16,
         max_tokens_limit: int = 1024,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        chat_template: str | None = None,
+        api_key: str | None = None,
     ):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
-        self.max_tokens_limit = max_tokens_limit
+        self.max_tokens_limit = POSITIVE_INT.check("max_tokens_limit", max_tokens_limit)
+        self.max_body_bytes = POSITIVE_INT.check("max_body_bytes", max_body_bytes)
+        self.chat_template = getattr(tokenizer, "chat_template", None) or chat_template
+        self.api_key = api_key
         self.max_positions = getattr(engine.handle.model.config, "max_position_embeddings", None)
-        self.max_active = max_active or default_max_active(engine, controller, static_masks)
+        if max_active is None:
+            max_active = default_max_active(engine, controller, static_masks)
+        self.max_active = POSITIVE_INT.check("max_active", max_active)
+        max_queue = POSITIVE_INT.check("max_queue", max_queue)
         self.worker = Worker(engine, tokenizer, controller, static_masks, self.max_active, max_queue)
         self.created = int(time.time())
         self.starlette = Starlette(
@@ -287,6 +347,7 @@ class App:
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
             ],
+            middleware=[Middleware(_BearerAuth, api_key=api_key)] if api_key else [],
             lifespan=self._lifespan,
         )
 
@@ -321,84 +382,92 @@ class App:
     async def _handle(self, request: Request, chat: bool):
         try:
             body = await self._json(request)
-            prompt = self._chat_prompt(body) if chat else self._completion_prompt(body)
-            job = self._job(body, prompt)
-            stream = _field(body, "stream", bool, False)
+            try:
+                req = (ChatRequest if chat else CompletionRequest).model_validate(body)
+            except ValidationError as err:
+                raise _request_error(err) from None
+            self._check(req, chat)
+            # Chat template and tokenizer run in a thread: a long prompt never stalls the event loop.
+            job = await asyncio.to_thread(self._job, req, chat, asyncio.get_running_loop(), asyncio.Queue())
             self.worker.submit(job)
         except RequestError as err:
             return _error(str(err), err.status, err.param)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if stream:
+        if req.stream:
             return StreamingResponse(self._sse(job, rid, chat), media_type="text/event-stream")
-        return await self._collect(job, rid, chat)
+        return await self._collect(job, rid, chat, request)
 
     async def _json(self, request: Request) -> dict:
+        body = await self._read_body(request)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RequestError(f"request body is not valid JSON: {err}") from None
         if not isinstance(body, dict):
             raise RequestError("request body must be a JSON object")
-        model = _field(body, "model", str, required=True)
-        if model != self.model_name:
+        model = body.get("model")
+        if isinstance(model, str) and model != self.model_name:
             raise RequestError(
                 f"model '{model}' is not served here; available: '{self.model_name}'", 404, "model"
             )
-        if _field(body, "n", int, 1) != 1:
-            raise RequestError("only n=1 is supported", param="n")
         return body
 
-    def _completion_prompt(self, body: dict) -> str:
-        prompt = _field(body, "prompt", (str, list), required=True)
-        if isinstance(prompt, list):
-            if len(prompt) != 1 or not isinstance(prompt[0], str):
-                raise RequestError(
-                    "'prompt' must be a string or a list of exactly one string", param="prompt"
-                )
-            prompt = prompt[0]
-        return prompt
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it passes `max_body_bytes` (never held in full beyond it)."""
+        too_big = RequestError(f"request body exceeds the server's limit of {self.max_body_bytes} bytes "
+                               "(temoe serve --max-body-bytes)", 413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    def _chat_prompt(self, body: dict) -> str:
-        messages = _field(body, "messages", list, required=True)
-        if not messages:
-            raise RequestError("'messages' must be a non-empty array", param="messages")
-        for i, m in enumerate(messages):
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)
-            ):
-                raise RequestError(
-                    f"messages[{i}] must be an object with string 'role' and 'content'", param="messages"
-                )
-            if m["role"] not in ("system", "user", "assistant", "developer"):
-                raise RequestError(
-                    f"messages[{i}].role {m['role']!r} is not one of system, developer, user, assistant",
-                    param="messages",
-                )
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def _job(self, body: dict, prompt: str) -> Job:
-        max_tokens = _field(body, "max_completion_tokens", int, None)
-        if max_tokens is None:
-            max_tokens = _field(body, "max_tokens", int, 16)
-        if not 1 <= max_tokens <= self.max_tokens_limit:
-            raise RequestError(
-                f"max_tokens must be in [1, {self.max_tokens_limit}], got {max_tokens}", param="max_tokens"
-            )
-        temperature = float(_field(body, "temperature", (int, float), 1.0))
-        if not 0.0 <= temperature <= 2.0:
-            raise RequestError(f"temperature must be in [0, 2], got {temperature}", param="temperature")
-        top_p = float(_field(body, "top_p", (int, float), 1.0))
-        if not 0.0 < top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p}", param="top_p")
-        stop = _field(body, "stop", (str, list), [])
-        stop = [stop] if isinstance(stop, str) else stop
-        if not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+    def _check(self, req: _Request, chat: bool) -> None:
+        """The checks a request model cannot express: n, the app's max_tokens limit, stop, prompt shape."""
+        if req.n != 1:
+            raise RequestError("only n=1 is supported", param="n")
+        limit = Range(1, self.max_tokens_limit, integer=True)
+        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        value = req.max_completion_tokens or (16 if req.max_tokens is None else req.max_tokens)
+        if not limit.contains(value):
+            raise RequestError(f"{name}={value!r}: must be {limit.describe()}", param=name)
+        req.max_tokens = value
+        stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        if not all(stop) or len(stop) > 4:
             raise RequestError(
                 "'stop' must be a non-empty string or an array of up to 4 non-empty strings", param="stop"
             )
-        seed = _field(body, "seed", int, None)
+        req.stop = stop
+        if chat:
+            if not req.messages:
+                raise RequestError("'messages' must be a non-empty array", param="messages")
+            if not self.chat_template:
+                raise RequestError(f"model '{self.model_name}' has no chat template: use /v1/completions, or "
+                                   "start the server with --chat-template FILE", param="messages")
+        elif isinstance(req.prompt, list):
+            if len(req.prompt) != 1:
+                raise RequestError("'prompt' must be a string or a list of exactly one string",
+                                   param="prompt")
+            req.prompt = req.prompt[0]
+
+    def _job(self, req: _Request, chat: bool, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Job:
+        """Template + tokenise (in a worker thread) and check the prompt fits the model's positions."""
+        max_tokens = req.max_tokens
+        if chat:
+            messages = [m.model_dump() for m in req.messages]
+            prompt = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                                        tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = req.prompt
+        # 64 characters per token is beyond any tokenizer's average: refuse without tokenising
+        if self.max_positions and len(prompt) > 64 * self.max_positions:
+            raise RequestError(f"prompt of {len(prompt)} characters cannot fit the model's "
+                               f"{self.max_positions} positions", param="prompt")
         input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if input_ids.shape[1] == 0:
             raise RequestError("the prompt is empty after tokenisation", param="prompt")
@@ -408,32 +477,28 @@ class App:
                 f"model's {self.max_positions} positions",
                 param="max_tokens",
             )
-        return Job(
-            input_ids=input_ids,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            seed=seed,
-            loop=asyncio.get_running_loop(),
-            queue=asyncio.Queue(),
-        )
+        return Job(input_ids=input_ids, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                   stop=req.stop, seed=req.seed, loop=loop, queue=queue)
 
-    async def _collect(self, job: Job, rid: str, chat: bool):
-        text = ""
+    async def _collect(self, job: Job, rid: str, chat: bool, request: Request):
+        """Wait for the job's result; a client that disconnects first cancels it (never counted completed)."""
+        result = asyncio.ensure_future(self._drain(job))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            while True:
-                kind, payload = await job.queue.get()
-                if kind == "text":
-                    text += payload
-                elif kind == "error":
-                    return _error(f"generation failed: {payload}", 500)
-                else:
-                    finish, usage = payload
-                    break
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             job.cancelled = True
             raise
+        finally:
+            gone.cancel()
+        if not result.done():
+            job.cancelled = True  # the worker drops it at its next step
+            result.cancel()
+            return Response(status_code=499)  # nobody reads it: the connection is closed
+        kind, text, payload = result.result()
+        if kind == "error":
+            return _error(f"generation failed: {payload}", 500)
+        finish, usage = payload
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
             if chat
@@ -449,6 +514,17 @@ class App:
                 "usage": usage,
             }
         )
+
+    @staticmethod
+    async def _drain(job: Job) -> tuple[str, str, object]:
+        """("done", text, (finish, usage)) or ("error", text, message) once the worker finishes `job`."""
+        text = ""
+        while True:
+            kind, payload = await job.queue.get()
+            if kind == "text":
+                text += payload
+            else:
+                return kind, text, payload
 
     async def _sse(self, job: Job, rid: str, chat: bool):
         created = int(time.time())
@@ -502,6 +578,28 @@ class App:
             yield "data: [DONE]\n\n"
         finally:
             job.cancelled = True  # client went away (or we are done): the worker drops the job next step
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read: the next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _BearerAuth:
+    """ASGI middleware: every /v1 request needs `Authorization: Bearer <api_key>` (401 otherwise)."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error("missing or wrong API key: send 'Authorization: Bearer <key>'", 401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def default_max_active(engine: OffloadEngine, controller=None, static_masks=None) -> int:

@@ -1,21 +1,28 @@
 """Training checkpoints: save atomically, resume exactly, and load a trained controller for inference.
 
 Layout of one checkpoint directory (`RUN/checkpoints/step_000120/`):
-    meta.json               step, model facts (model_type, L, N, k, H), ControllerConfig, TrainConfig
+    meta.json               step, model facts (model_type, L, N, k, H), ControllerConfig, TrainConfig, and the
+                            sha256 of every other file (`files`), verified before anything is loaded
     controller.safetensors  the L per-layer controllers (`OptionController.state_dict()`)
     routers.safetensors     trainable router weights, keys `layer{i}.{param}` (i = MoE layer index)
     adapter/                the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)
-    optimizers.pt           both AdamW states (controller, policy)
+    optimizers.pt           both AdamW states (controller, policy): tensors and numbers only
     rng_rank{r}.pt          per-process RNG states (torch, python, numpy, rollout/controller generators)
 `RUN/checkpoints/latest` is a one-line text file naming the newest complete checkpoint. Each checkpoint is
 written into a temporary directory and renamed into place, so a killed run never leaves a half-written one.
+Nothing here runs code from a file: `.pt` files load with `torch.load(weights_only=True)`, and `latest` may
+only name a `step_*` directory next to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +33,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from temoe.validation import check_finite_tensors
+
 META = "meta.json"
+_STEP_NAME = re.compile(r"step_\d{6,}")
+log = logging.getLogger("temoe.train")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, incomplete, or holding something other than tensors."""
 
 
 def model_facts(handle) -> dict[str, Any]:
@@ -61,7 +76,7 @@ def _router_state(handle) -> dict[str, torch.Tensor]:
 
 
 def _load_routers(handle, path: Path) -> None:
-    state = load_file(str(path))
+    state = _load_safetensors(path)
     with torch.no_grad():
         for i, r in enumerate(handle.routers):
             for n, p in r.named_parameters():
@@ -72,10 +87,16 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "generators": {k: g.get_state() for k, g in generators.items()},
     }
+
+
+def _numpy_state() -> tuple:
+    """numpy's RNG state with the key array as a list, so `torch.load(weights_only=True)` can read it."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), pos, has_gauss, cached
 
 
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
@@ -102,7 +123,12 @@ def save_checkpoint(
     accelerator,
     keep: int = 0,
 ) -> Path:
-    """Write `run_dir/checkpoints/step_{step:06d}` atomically (all processes must call this)."""
+    """Write `run_dir/checkpoints/step_{step:06d}` atomically (all processes must call this).
+
+    Refuses (ValueError, on every process) a controller holding NaN or infinity: a diverged run must not
+    leave a checkpoint that serves garbage.
+    """
+    check_finite_tensors(controller.state_dict(), f"the controller at step {step}")
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f".tmp_step_{step:06d}"
@@ -120,7 +146,6 @@ def save_checkpoint(
             "train_config": train_config.to_dict(),
             "num_processes": accelerator.num_processes,
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2))
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()},
             str(tmp / "controller.safetensors"),
@@ -130,6 +155,8 @@ def save_checkpoint(
         torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizers.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        meta["files"] = {name: _sha256(tmp / name) for name in _files(tmp)}  # every rank's files are in
+        (tmp / META).write_text(json.dumps(meta, indent=2))
         if final.exists():  # re-saving a step (e.g. after a resume): replace the old copy only once complete
             old = ckpt_root / f".old_step_{step:06d}"
             shutil.rmtree(old, ignore_errors=True)
@@ -141,27 +168,122 @@ def save_checkpoint(
         latest_tmp = ckpt_root / ".latest.tmp"
         latest_tmp.write_text(final.name + "\n")
         os.replace(latest_tmp, ckpt_root / "latest")
-        if keep:
-            for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
+        if keep:  # prune only older steps: `final` (and any later step of an abandoned branch) stays
+            older = [p for p in sorted(ckpt_root.glob("step_*")) if p.name < final.name]
+            for old in older[: max(len(older) - (keep - 1), 0)]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
+def _files(ckpt: Path) -> list[str]:
+    """Relative paths of the regular files under `ckpt`, sorted, meta.json excluded."""
+    return sorted(str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file() and f.name != META)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or the newest one of a run directory (`RUN/checkpoints/latest`)."""
+    """A checkpoint directory, or the newest one of a run directory (`RUN/checkpoints/latest`).
+
+    `latest` must name a `step_*` directory in the same folder: a pointer that leads anywhere else
+    (`../..`, an absolute path, a symlink out) is refused, so opening a run never reads outside it.
+    """
     p = Path(path)
     if (p / META).is_file():
         return p
     for root in (p / "checkpoints", p):
         latest = root / "latest"
         if latest.is_file():
-            return root / latest.read_text().strip()
+            name = latest.read_text().strip()
+            target = root / name
+            if not _STEP_NAME.fullmatch(name) or target.resolve().parent != root.resolve():
+                raise CheckpointError(f"{latest} names {name!r}, which is not a step_NNNNNN directory "
+                                      f"in {root}")
+            if not (target / META).is_file():
+                raise CheckpointError(f"{latest} names {name}, which is missing or incomplete"
+                                      + _previous_hint(target))
+            return target
     raise FileNotFoundError(f"no checkpoint at {p} (expected {META} there or a checkpoints/latest file)")
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / META).read_text())
+    path = Path(ckpt) / META
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {err})" + _previous_hint(ckpt)) from None
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Check every file of `ckpt` against the sha256 sums in its meta.json; returns the meta.
+
+    Raises CheckpointError naming the damaged, missing or unexpected file and the newest earlier checkpoint
+    of the same run that verifies. Checkpoints written before checksums existed load with a warning.
+    """
+    ckpt = Path(ckpt)
+    meta = read_meta(ckpt)
+    sums = meta.get("files")
+    if sums is None:
+        log.warning("checkpoint %s has no checksums (written by an older temoe): not verified", ckpt)
+        return meta
+    root = ckpt.resolve()
+    for name, want in sums.items():
+        path = ckpt / name
+        if root not in path.resolve().parents:
+            raise CheckpointError(f"checkpoint {ckpt} lists {name!r}, a path outside the checkpoint")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing" + _previous_hint(ckpt))
+        if _sha256(path) != want:
+            raise CheckpointError(f"checkpoint file {path} is damaged (its sha256 differs from meta.json)"
+                                  + _previous_hint(ckpt))
+    return meta
+
+
+def _verifies(ckpt: Path) -> bool:
+    try:
+        return "files" in verify_checkpoint(ckpt)
+    except (CheckpointError, OSError):
+        return False
+
+
+def _previous_hint(ckpt: Path) -> str:
+    """"; the previous good checkpoint is ..." for the newest earlier step of the run that verifies."""
+    ckpt = Path(ckpt)
+    earlier = [p for p in sorted(ckpt.parent.glob("step_*"), reverse=True)
+               if _STEP_NAME.fullmatch(p.name) and p.name < ckpt.name]
+    for prev in earlier:
+        if _verifies(prev):
+            return (f"; the previous good checkpoint is {prev} (pass it as --checkpoint, or write "
+                    f"'{prev.name}' into {ckpt.parent / 'latest'} to resume from it)")
+    return "; no earlier checkpoint of this run verifies"
+
+
+def _load_tensors(path: Path, map_location=None):
+    """`torch.load(weights_only=True)`: tensors, numbers, strings and containers only, never code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects other than tensors and numbers; refusing to load it "
+                              f"(it could run code): {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path} is damaged ({str(err).splitlines()[0]})"
+                              + _previous_hint(path.parent)) from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is damaged ({err})" + _previous_hint(path.parent)) from None
 
 
 def load_training_state(
@@ -177,15 +299,15 @@ def load_training_state(
     """Restore everything `save_checkpoint` wrote into a live training setup; returns the saved step."""
     from peft import set_peft_model_state_dict
 
-    meta = read_meta(ckpt)
+    meta = verify_checkpoint(ckpt)
     check_compatible(meta, handle, ckpt)
-    controller.load_state_dict(load_file(str(ckpt / "controller.safetensors")))
+    controller.load_state_dict(_load_safetensors(ckpt / "controller.safetensors"))
     _load_routers(handle, ckpt / "routers.safetensors")
-    adapter = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    adapter = _load_safetensors(ckpt / "adapter" / "adapter_model.safetensors")
     result = set_peft_model_state_dict(peft_model, adapter)
     if result.unexpected_keys:
         raise ValueError(f"checkpoint {ckpt} adapter has keys this model lacks: {result.unexpected_keys[:5]}")
-    states = torch.load(ckpt / "optimizers.pt", weights_only=False)
+    states = _load_tensors(ckpt / "optimizers.pt")
     for k, o in optimizers.items():
         o.load_state_dict(states[k])
     rng_file = ckpt / f"rng_rank{process_index}.pt"
@@ -194,7 +316,7 @@ def load_training_state(
             f"checkpoint {ckpt} has no RNG state for process {process_index}: it was written by "
             f"{meta['num_processes']} process(es); resume with the same number"
         )
-    set_rng_state(torch.load(rng_file, weights_only=False), generators)
+    set_rng_state(_load_tensors(rng_file), generators)
     return int(meta["step"])
 
 
@@ -212,7 +334,9 @@ def load_for_inference(model: nn.Module, checkpoint: str | Path):
     from temoe.controller import ControllerConfig, OptionController
 
     ckpt = resolve_checkpoint(checkpoint)
-    meta = read_meta(ckpt)
+    meta = verify_checkpoint(ckpt)
+    if not (ckpt / "adapter" / "adapter_model.safetensors").is_file():  # never peft's pickle fallback
+        raise CheckpointError(f"checkpoint {ckpt} has no adapter/adapter_model.safetensors")
     if meta["model"]["model_type"] != model.config.model_type:
         raise ValueError(
             f"checkpoint {ckpt} was trained on model_type {meta['model']['model_type']!r}, "
@@ -225,6 +349,6 @@ def load_for_inference(model: nn.Module, checkpoint: str | Path):
     handle = temoe.wrap(model)
     _load_routers(handle, ckpt / "routers.safetensors")
     controller = OptionController.from_handle(handle, ControllerConfig(**meta["controller_config"]))
-    controller.load_state_dict(load_file(str(ckpt / "controller.safetensors")))
+    controller.load_state_dict(_load_safetensors(ckpt / "controller.safetensors"))
     device = next(model.parameters()).device
     return model, handle, controller.to(device).eval()

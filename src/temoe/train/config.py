@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from temoe.validation import TRAIN_RANGES, check_fields
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -151,6 +153,7 @@ class TrainConfig:
         def bad(key: str, why: str) -> ValueError:
             return ValueError(f"config key {key}={getattr(self, key)!r}: {why}")
 
+        check_fields(self, TRAIN_RANGES)  # every float finite; eta, learning rates, ... in their ranges
         if self.k_hat < 1:
             raise bad("k_hat", "must be >= 1 (and >= the model's top-k, checked when the model is loaded)")
         if not 0.0 <= self.selection_context_decay < 1.0:
@@ -271,7 +274,7 @@ def load_config(
     <- `overrides` (dict or `key=value` strings). Unknown keys fail listing the valid ones."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(yaml.safe_load(resolve_config_path(path).read_text()) or {})
+        values.update(read_yaml(resolve_config_path(path)))
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
@@ -281,6 +284,20 @@ def load_config(
         raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
     kwargs = {k: _coerce(k, types_[k], v) for k, v in values.items()}
     return TrainConfig(**kwargs).validate(num_processes)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; ValueError naming the file and line when it is not one."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        why = getattr(err, "problem", None) or err
+        raise ValueError(f"config {path}{line}: not valid YAML ({why})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config {path}: expected a mapping of key: value, got {type(values).__name__}")
+    return values
 
 
 def shipped_configs() -> list[str]:

@@ -4,12 +4,12 @@ left-padded batch of step s deterministically (so a resumed run sees exactly the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from temoe.prompts import keep_fitting, load_prompts
 from temoe.rollout.inference import encode_prompt
 
 
@@ -30,7 +30,7 @@ class PromptSource:
 
     def __init__(self, prompts: list[list[int]], per_step: int, seed: int, pad_token_id: int):
         if not prompts:
-            raise ValueError("no training prompts left (all longer than max_prompt_tokens?)")
+            raise ValueError("no training prompts (every prompt is empty after tokenisation)")
         self.prompts, self.per_step, self.seed, self.pad_token_id = prompts, per_step, seed, pad_token_id
 
     @classmethod
@@ -45,13 +45,11 @@ class PromptSource:
         chat_template: bool = True,
         pad_token_id: int,
     ) -> PromptSource:
-        encoded = []
-        for line in resolve_prompts_path(spec).read_text().splitlines():
-            if line.strip():
-                ids = encode_prompt(tokenizer, json.loads(line)["prompt"], chat_template)
-                if 0 < len(ids) <= max_prompt_tokens:  # §5: prompts of at most 512 tokens
-                    encoded.append(ids)
-        return cls(encoded, per_step, seed, pad_token_id)
+        prompts = keep_fitting(load_prompts(resolve_prompts_path(spec)),  # §5: at most 512 prompt tokens
+                               lambda text: len(encode_prompt(tokenizer, text, chat_template)),
+                               max_prompt_tokens, "max_prompt_tokens")
+        encoded = [encode_prompt(tokenizer, p.prompt, chat_template) for p in prompts]
+        return cls([ids for ids in encoded if ids], per_step, seed, pad_token_id)
 
     def indices(self, step: int) -> list[int]:
         """Global prompt indices of step `step` (0-based): seeded permutations per epoch, in order."""

@@ -36,16 +36,13 @@ from temoe.rl import (
     token_log_probs,
 )
 from temoe.rollout.generate import RolloutBatch, position_ids_from_mask, rollout
-from temoe.train.checkpoint import load_training_state, read_meta, resolve_checkpoint, save_checkpoint
+from temoe.train.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
 from temoe.train.config import TrainConfig
 from temoe.train.data import PromptSource
 from temoe.train.logging import MetricsLogger
+from temoe.train.rundir import open_run
 
 log = logging.getLogger("temoe.train")
-
-#: Config keys that may change when resuming (everything else must match the saved run).
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "progress", "report_to", "eval_every"}
-
 
 @dataclass
 class RunResult:
@@ -162,18 +159,6 @@ def load_prompts(
     )
 
 
-def _check_resume(config: TrainConfig, ckpt: Path) -> None:
-    saved = read_meta(ckpt)["train_config"]
-    now = config.to_dict()
-    diffs = [
-        f"{k}: saved {saved.get(k)!r} vs now {now[k]!r}"
-        for k in now
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]
-    ]
-    if diffs:
-        raise ValueError(f"cannot resume {ckpt} with a different config: " + "; ".join(diffs))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # metrics of one rollout (per sequence, gathered over processes)
 # ---------------------------------------------------------------------------------------------------------
@@ -218,12 +203,19 @@ def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> 
 # ---------------------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train option controllers + LoRA on `config.model` (Alg. 2); see docs/training.md.
 
-    Writes `config.out_dir/{config.yaml, metrics.jsonl, checkpoints/}`. With `resume=True` continues from
-    `checkpoints/latest` (same config except the keys in `_RESUMABLE_CHANGES`), with no step lost or repeated.
+    Writes `config.out_dir/{config.yaml, metrics.jsonl, checkpoints/}`, holding the run's lock. With
+    `resume=True` continues from `checkpoints/latest` (same config except `rundir.RESUMABLE_CHANGES`), with no
+    step lost or repeated; a directory holding an earlier run is refused unless `resume` or `overwrite`.
     """
+    config.validate()
+    with open_run(config, resume=resume, overwrite=overwrite) as ckpt:
+        return _train(config, resume=ckpt is not None)
+
+
+def _train(config: TrainConfig, *, resume: bool) -> RunResult:
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     config.validate(accelerator.num_processes)
     run_dir = Path(config.out_dir)
@@ -287,7 +279,6 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     start_step, ckpt = 0, None
     if resume:
         ckpt = resolve_checkpoint(run_dir)
-        _check_resume(config, ckpt)
         start_step = load_training_state(
             ckpt,
             peft_model=peft_model,
