@@ -238,8 +238,8 @@ def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | N
 def _label(run_dir: Path) -> str:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text())
-        return f"η={cfg.get('eta')}, k̂={cfg.get('k_hat')}"
+        ctrl = yaml.safe_load(cfg_path.read_text()).get("controller") or {}
+        return f"η={ctrl.get('eta')}, k̂={ctrl.get('k_hat')}"
     return run_dir.name
 
 

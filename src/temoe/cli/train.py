@@ -1,7 +1,8 @@
 """`temoe train`: option-critic controller training with on-policy self-distillation (Alg. 2).
 
-Flags are shorthands for config keys; any other key is set with `key=value`. Precedence: defaults < --config
-YAML < flags < key=value. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
+Flags are shorthands for config keys; any other key is set with `key=value`, the controller's as
+`controller.KEY=VALUE` (e.g. `controller.eta=0.03`). Precedence: defaults < --config YAML < flags < key=value.
+Multi-process: `accelerate launch -m temoe.cli.main train ...`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 #: flag -> config key
 _SHORTHANDS = {
     "model": "model",
-    "k_hat": "k_hat",
-    "eta": "eta",
+    "k_hat": "controller.k_hat",
+    "eta": "controller.eta",
     "steps": "steps",
     "out": "out_dir",
     "seed": "seed",
@@ -27,14 +28,15 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
-    p.add_argument("--k-hat", type=int, help="allowed experts per option k̂ [k_hat]")
-    p.add_argument("--eta", type=float, help="deliberation cost η [eta]")
+    p.add_argument("--k-hat", type=int, help="allowed experts per option k̂ [controller.k_hat]")
+    p.add_argument("--eta", type=float, help="deliberation cost η [controller.eta]")
     p.add_argument("--steps", type=int, help="optimisation steps [steps]")
     p.add_argument("--out", help="run directory [out_dir]")
     p.add_argument("--seed", type=int, help="seed [seed]")
     p.add_argument("--config", help="YAML file, or a shipped config name (tiny, gpt-oss-20b)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="any TrainConfig field; controller.KEY for ControllerConfig's")
     p.set_defaults(func=run)
 
 
