@@ -88,3 +88,34 @@ def test_controller_inside_a_tiny_model_decode_step_has_no_host_sync():
     assert counted["calls"] == 6 * handle.num_layers and counted["syncs"] == 0
     assert state.trajectory().decisions.any()  # β = 1/2 at the start: some rows switched
     handle.unwrap()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bias", [-30.0, 30.0])
+def test_a_cuda_decode_step_passes_the_sync_debug_mode(bias):
+    """On CUDA, torch's own sync detector raises on any synchronising call inside the decode steps."""
+    device = torch.device("cuda")
+    c, router_w = make_controller(bias=bias, **EXTENSIONS)
+    c.to(device)
+    router_w = router_w.to(device)
+    c.router_logits = lambda i, h: h.float() @ router_w[i].T
+    state = c.new_state(B, generator=torch.Generator(device=device).manual_seed(0),
+                        prompt_mask=torch.ones(B, 5, dtype=torch.bool, device=device))
+    fn = c.mask_fn(state)
+    for i in range(L):
+        fn(i, torch.randn(B, 5, H, device=device))
+    state.begin_generation()
+    hidden = torch.randn(4, B, 1, H, device=device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in range(4):
+            for i in range(L):
+                fn(i, hidden[t])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    traj = state.trajectory()
+    out = c.replay_trajectory(traj)
+    switched = traj.decisions
+    torch.testing.assert_close(out.log_prob[switched], traj.log_probs[switched], rtol=0, atol=1e-5)

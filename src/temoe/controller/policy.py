@@ -155,9 +155,10 @@ class OptionState:
 
     def done_rows(self, device: torch.device) -> Tensor:
         """(B,) bool rows that finished, kept on `device` (moved once, so a decode step copies nothing)."""
-        if self._done is None or self._done.device != device:
-            base = torch.zeros(self.batch_size, dtype=torch.bool) if self._done is None else self._done
-            self._done = base.to(device)
+        if self._done is None:  # made on the device: no host -> device copy
+            self._done = torch.zeros(self.batch_size, dtype=torch.bool, device=device)
+        elif self._done.device != device:
+            self._done = self._done.to(device)
         return self._done
 
     def prompt_weights(self, i: int, batch: int, length: int, device: torch.device) -> Tensor:
