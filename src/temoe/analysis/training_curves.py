@@ -4,7 +4,7 @@ Each panel: a thin raw per-step line, a thick running mean over 20 steps, and a 
 resamples of the same 20-step window, 2.5/97.5 percentiles), one colour per run (labelled by η and k̂).
 
 `paired_gain` / `plot_paired_gain`: the reward of a run minus the reward of a *frozen* run with the same seed
-(`lr_controller=0 update_policy=false`). Runs with one seed draw the same prompts at every step, so the
+(`lr_controller=0 lr_policy=0`). Runs with one seed draw the same prompts at every step, so the
 difference removes the prompt mix, which dominates a small run's per-step reward; what remains is what the
 training changed.
 

@@ -394,7 +394,8 @@ class OptionController(nn.Module):
         def fn(i: int, hidden: Tensor) -> Tensor:
             if not state.controlled:
                 return self._prompt_call(i, hidden, state, router_logits)
-            # one position at a time: ω_t depends on d_t, which depends on ω_{t-1} (a decode call has S = 1)
+            # Alg. 2 line 4, one position at a time: ω_t depends on d_t, which depends on ω_{t-1} (a decode
+            # call has S = 1)
             return torch.stack([self.step(i, hidden[:, s], state, router_logits)
                                 for s in range(hidden.shape[1])], dim=1)
 
