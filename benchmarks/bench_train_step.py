@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine())
     print(f"command: {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     print(f"hardware: {device}, torch {torch.__version__}; model {model} (hidden 2880, 32 experts, top-4), "
-          f"k̂ = {config.k_hat}, batch {args.batch} x ({args.prompt_tokens} prompt + {args.new_tokens} new "
+          f"k̂ = {config.controller.k_hat}, batch {args.batch} x ({args.prompt_tokens} prompt + "
+          f"{args.new_tokens} new "
           f"tokens), micro-batch {args.micro_batch_size}, gradient checkpointing "
           f"{not args.no_gradient_checkpointing}, "
           f"total wall {wall:.0f} s (model build and checkpoint included)")

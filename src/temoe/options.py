@@ -9,9 +9,6 @@ from temoe.controller.options import (
     mask_to_indices,
     plackett_luce_log_prob,
     sample_plackett_luce,
-    sample_selection,
-    selection_log_prob,
-    uniform_tuple_log_prob,
 )
 
 __all__ = [
@@ -20,7 +17,4 @@ __all__ = [
     "mask_to_indices",
     "plackett_luce_log_prob",
     "sample_plackett_luce",
-    "sample_selection",
-    "selection_log_prob",
-    "uniform_tuple_log_prob",
 ]

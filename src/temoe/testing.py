@@ -69,15 +69,15 @@ def tiny_model(model_type: str = "gpt_oss", seed: int = 0, dtype: torch.dtype = 
 
 #: `temoe.train.load_config` overrides that make a training run on `tiny_model("gpt_oss")` take seconds:
 #: the paper's algorithm at toy widths (tests and CPU examples; merge your own keys on top).
-TINY_TRAIN = dict(
-    model="testing:gpt_oss",
-    k_hat=4,
-    prompts_per_step=2,
-    max_new_tokens=4,
-    controller_hidden=16,
-    expert_embed_dim=8,
-    lora_rank=2,
-    lora_alpha=2,
-    progress=False,
-    cpu_threads=1,
-)
+TINY_TRAIN = {
+    "model": "testing:gpt_oss",
+    "controller.k_hat": 4,
+    "prompts_per_step": 2,
+    "max_new_tokens": 4,
+    "controller.hidden": 16,
+    "controller.expert_embed_dim": 8,
+    "lora_rank": 2,
+    "lora_alpha": 2,
+    "progress": False,
+    "cpu_threads": 1,
+}

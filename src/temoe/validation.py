@@ -86,7 +86,7 @@ FINITE = Range()
 #: TrainConfig keys with a range beyond "finite" (the config's own validate() covers the rest).
 TRAIN_RANGES = {
     "eta": ETA,
-    "lr_controller": NON_NEGATIVE,  # 0 freezes the controller (demo --frozen-baseline)
+    "lr_controller": NON_NEGATIVE,  # 0 freezes the controller (a no-learning reference run)
     "lr_policy": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
     "grad_clip": POSITIVE,

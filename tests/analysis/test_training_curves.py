@@ -20,7 +20,7 @@ def test_plot_training_writes_four_pngs_for_two_runs(tmp_path):
     for eta in (0.02, 0.04):
         run = tmp_path / f"eta{eta}"
         run.mkdir()
-        (run / "config.yaml").write_text(f"eta: {eta}\nk_hat: 16\n")
+        (run / "config.yaml").write_text(f"controller:\n  eta: {eta}\n  k_hat: 16\n")
         rng = np.random.default_rng(0)
         with (run / "metrics.jsonl").open("w") as f:
             for s in range(1, 31):
@@ -53,7 +53,7 @@ def test_plot_training_writes_four_pngs_for_two_runs(tmp_path):
 
 def _write_run(path, rewards, eta=0.02):
     path.mkdir()
-    (path / "config.yaml").write_text(f"eta: {eta}\nk_hat: 16\n")
+    (path / "config.yaml").write_text(f"controller:\n  eta: {eta}\n  k_hat: 16\n")
     with (path / "metrics.jsonl").open("w") as f:
         for s, r in enumerate(rewards, start=1):
             f.write(json.dumps({"step": s, "rollout/reward": r}) + "\n")

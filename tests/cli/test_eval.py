@@ -56,9 +56,9 @@ def test_eval_with_a_trained_checkpoint(tmp_path, capsys):
     from temoe.train.config import load_config
     from temoe.train.trainer import train
 
-    cfg = load_config(None, {"model": "testing:gpt_oss", "k_hat": 4, "eta": 0.03,
+    cfg = load_config(None, {"model": "testing:gpt_oss", "controller.k_hat": 4, "controller.eta": 0.03,
                              "out_dir": str(tmp_path / "run"), "steps": 1, "prompts_per_step": 2,
-                             "max_new_tokens": 4, "controller_hidden": 16, "expert_embed_dim": 8,
+                             "max_new_tokens": 4, "controller.hidden": 16, "controller.expert_embed_dim": 8,
                              "progress": False})
     train(cfg)
     out = tmp_path / "ctrl.json"

@@ -16,8 +16,8 @@ SRC = str(Path(__file__).parents[2] / "src")
 SMALL = [
     "prompts_per_step=2",
     "max_new_tokens=4",
-    "controller_hidden=16",
-    "expert_embed_dim=8",
+    "controller.hidden=16",
+    "controller.expert_embed_dim=8",
     "lora_rank=2",
     "lora_alpha=2",
     "progress=false",
@@ -53,7 +53,8 @@ def test_train_writes_metrics_and_resolved_config_then_resumes(tmp_path):
     assert [r["step"] for r in lines] == [1]
     assert {"step", "rollout/switch_rate", "rollout/reward"} <= set(lines[0])
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["eta"] == 0.03 and resolved["k_hat"] == 4 and resolved["max_new_tokens"] == 4
+    assert resolved["controller"]["eta"] == 0.03 and resolved["controller"]["k_hat"] == 4
+    assert resolved["max_new_tokens"] == 4
     assert resolved["gamma"] == 0.95  # defaults are written too
     proc = _temoe(
         "train",

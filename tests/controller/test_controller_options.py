@@ -12,9 +12,6 @@ from temoe.options import (
     mask_to_indices,
     plackett_luce_log_prob,
     sample_plackett_luce,
-    sample_selection,
-    selection_log_prob,
-    uniform_tuple_log_prob,
 )
 
 
@@ -83,19 +80,3 @@ def test_sampling_is_reproducible_with_generator():
     b = sample_plackett_luce(c, 4, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert all(len(set(row)) == 4 for row in a.tolist())  # without replacement
-
-
-def test_epsilon_mixture_log_prob_is_a_distribution_and_matches_frequencies():
-    n, k, eps = 4, 2, 0.3
-    c = torch.tensor([3.0, 1.0, -1.0, -2.0])
-    tuples = list(itertools.permutations(range(n), k))
-    probs = selection_log_prob(c.expand(len(tuples), n), torch.tensor(tuples), eps).exp()
-    assert abs(float(probs.sum()) - 1.0) < 1e-5
-    # (1 - ε)·PL + ε/12 for the most likely tuple (0, 1)
-    assert abs(float(probs[0]) - (0.7 * pl_prob_loop(c.tolist(), (0, 1)) + 0.3 / 12)) < 1e-6
-    assert abs(uniform_tuple_log_prob(4, 2) + math.log(12)) < 1e-12
-    draws = 20000
-    s = sample_selection(c.expand(draws, n), k, eps, torch.Generator().manual_seed(3))
-    counts = torch.tensor([float(((s[:, 0] == a) & (s[:, 1] == b)).sum()) for a, b in tuples])
-    chi2 = float(((counts - draws * probs) ** 2 / (draws * probs)).sum())
-    assert chi2 < 31.3

@@ -9,13 +9,11 @@ from temoe.options import indices_to_mask
 L, N, TOPK, H, K = 2, 8, 2, 12, 3
 
 
-def make_controller(bias: float = -3.0, epsilon: float = 0.0, control_prompt: bool = False, seed: int = 0,
-                    **config):
+def make_controller(bias: float = -3.0, seed: int = 0, **config):
     """A controller whose selection heads and router logits come from one random router per layer; `config`:
     further `ControllerConfig` fields (also used by test_selection_context.py)."""
     torch.manual_seed(seed)
-    cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=bias,
-                           epsilon=epsilon, control_prompt=control_prompt, **config)
+    cfg = ControllerConfig(k_hat=K, expert_embed_dim=8, hidden=16, termination_bias_init=bias, **config)
     c = OptionController(L, N, TOPK, H, cfg)
     router_w = torch.randn(L, N, H)
     for i, layer in enumerate(c.layers):
@@ -76,7 +74,7 @@ def test_masks_persist_between_switches_and_change_only_on_decisions():
 
 
 def test_replay_equals_sample_mode_records():
-    c, _ = make_controller(bias=-1.0, epsilon=0.2)
+    c, _ = make_controller(bias=-1.0)
     state, _, _ = run(c, steps=20)
     traj = state.trajectory()
     out = c.replay_trajectory(traj)
@@ -137,24 +135,6 @@ def test_termination_rate_matches_mean_beta():
     tol = 4 * (beta * (1 - beta) / n) ** 0.5  # 4 binomial standard errors
     assert abs(state.termination_rate() - beta) < tol
     assert state.switch_rate() <= state.termination_rate()
-
-
-def test_control_prompt_with_left_padding():
-    c, router_w = make_controller(bias=-1.0, control_prompt=True)
-    prompt_mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
-    state = c.new_state(2, generator=torch.Generator().manual_seed(0), prompt_mask=prompt_mask)
-    fn = c.mask_fn(state)
-    hidden = torch.randn(2, 4, H)
-    masks = [fn(i, hidden) for i in range(L)]
-    for i in range(L):
-        assert masks[i][0, :2].all()  # padding routes freely
-        top = (hidden[0, 2] @ router_w[i].T).topk(K).indices
-        assert torch.equal(masks[i][0, 2], indices_to_mask(top, N))
-    traj = state.trajectory()
-    assert traj.valid.tolist() == prompt_mask.tolist()
-    assert traj.initial.tolist() == [[False, False, True, False], [True, False, False, False]]
-    with pytest.raises(RuntimeError, match="control_prompt"):
-        state.begin_generation()
 
 
 def test_begin_generation_needs_prompt_and_router_logits_needed():

@@ -123,7 +123,7 @@ def test_decay_zero_records_no_context_and_bad_values_fail():
 
 
 def test_selection_temperature_scales_the_logits_everywhere():
-    from temoe.controller.options import selection_log_prob
+    from temoe.controller.options import plackett_luce_log_prob
 
     c, _ = make_base_controller(bias=0.0, selection_temperature=0.5)
     state, _ = rollout(c, torch.randn(2, 4, H), None, 15)
@@ -131,7 +131,7 @@ def test_selection_temperature_scales_the_logits_everywhere():
     switches = traj.decisions & traj.decision_mask[..., None]
     assert switches.sum() > 3
     raw = torch.stack([c.layers[i].selection(traj.hidden[:, :, i]) for i in range(L)], dim=2)  # f_sel(h)
-    expected = selection_log_prob(raw / 0.5, traj.selected, 0.0)
+    expected = plackett_luce_log_prob(raw / 0.5, traj.selected)
     torch.testing.assert_close(traj.log_probs[switches], expected[switches], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c.replay_trajectory(traj).log_prob[switches], expected[switches],
                                atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ from test_selection_context import rollout
 
 from temoe.controller import ControllerConfig
 from temoe.controller.networks import outside_mass
-from temoe.train.config import TrainConfig
+from temoe.train.config import load_config
 
 
 def make_controller(scale: float = 20.0, threshold: float = 0.5, bias: float = 0.0):
@@ -90,12 +90,12 @@ def test_off_by_default_records_nothing_and_a_missing_mass_is_an_error():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("termination_demand", -1.0, "termination_demand must be >= 0"),
+    ("termination_demand", -1.0, "termination_demand=-1.0: must be >= 0"),
     ("termination_demand_threshold", 1.0, r"must be in \(0, 1\)"),
     ("termination_demand_threshold", 0.0, r"must be in \(0, 1\)"),
 ])
 def test_bad_demand_settings_are_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
         ControllerConfig(k_hat=K, **{field: value})
-    with pytest.raises(ValueError, match=f"{field}={value}"):
-        TrainConfig(model="tiny", **{field: value}).validate()
+    with pytest.raises(ValueError, match=f"config key controller.{field}={value}"):
+        load_config(None, {f"controller.{field}": value})

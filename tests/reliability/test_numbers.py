@@ -6,6 +6,7 @@ import math
 import pytest
 
 from temoe.cli.main import main
+from temoe.controller import ControllerConfig
 from temoe.train.config import TrainConfig, load_config
 from temoe.validation import ETA, PORT, SEED, TOP_P, Range
 
@@ -47,9 +48,9 @@ def test_cli_refuses_bad_numbers_before_any_work(argv, message, capsys):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("eta", "inf", "config key eta=inf: must be a finite number >= 0"),
-    ("eta", "nan", "config key eta=nan: must be a finite number >= 0"),
-    ("eta", "-0.5", "config key eta=-0.5: must be a finite number >= 0"),
+    ("controller.eta", "inf", "config key controller.eta=inf: must be a finite number >= 0"),
+    ("controller.eta", "nan", "config key controller.eta=nan: must be a finite number >= 0"),
+    ("controller.eta", "-0.5", "config key controller.eta=-0.5: must be a finite number >= 0"),
     ("lr_policy", "-1e-4", "config key lr_policy=-0.0001: must be a finite number >= 0"),
     ("gamma", "nan", "config key gamma=nan: must be a finite number"),
 ])
@@ -57,11 +58,16 @@ def test_configs_and_the_python_api_refuse_the_same_values(tmp_path, key, value,
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, [f"{key}={value}"])  # key=value override
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text(f"{key}: {value if value not in ('inf', 'nan') else '.' + value}\n")
+    section, _, name = key.rpartition(".")
+    yaml_value = value if value not in ("inf", "nan") else "." + value
+    yaml_file.write_text(f"{section}:\n  {name}: {yaml_value}\n" if section else f"{key}: {yaml_value}\n")
     with pytest.raises(ValueError, match=f"config key {key}="):
         load_config(yaml_file)  # YAML file
-    with pytest.raises(ValueError, match=f"config key {key}="):
-        TrainConfig(**{key: float(value)}).validate()  # Python API
+    with pytest.raises(ValueError, match=f"config key {key}="):  # Python API
+        if section:
+            TrainConfig(controller=ControllerConfig(k_hat=16, **{name: float(value)})).validate()
+        else:
+            TrainConfig(**{key: float(value)}).validate()
 
 
 def test_nested_config_sections_are_checked_too():
@@ -99,7 +105,9 @@ def test_key_value_overrides_may_come_after_flags(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("temoe.train.trainer.train", lambda config, **kw: seen.update(config=config, **kw)
                         or type("R", (), {"metrics": []})())
-    argv = ["train", "--config", "tiny", "eta=0.03", "--steps", "2", "k_hat=4", "--out", str(tmp_path / "o")]
+    argv = ["train", "--config", "tiny", "controller.eta=0.03", "--steps", "2",
+            "controller.k_hat=4", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
-    assert (seen["config"].eta, seen["config"].steps, seen["config"].k_hat) == (0.03, 2, 4)
+    config = seen["config"]
+    assert (config.controller.eta, config.steps, config.controller.k_hat) == (0.03, 2, 4)
     assert seen["config"].out_dir == str(tmp_path / "o")  # a flag after key=value is read too

@@ -16,9 +16,10 @@ from temoe.train.trainer import train
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = dict(model="testing:gpt_oss", k_hat=4, prompts_per_step=2, max_new_tokens=4,
-                  controller_hidden=16, expert_embed_dim=8, lora_rank=2, lora_alpha=2, progress=False,
-                  cpu_threads=1, steps=1, checkpoint_every=1, keep_checkpoints=1, out_dir=str(out))
+    config = {"model": "testing:gpt_oss", "controller.k_hat": 4, "prompts_per_step": 2, "max_new_tokens": 4,
+              "controller.hidden": 16, "controller.expert_embed_dim": 8, "lora_rank": 2, "lora_alpha": 2,
+              "progress": False, "cpu_threads": 1, "steps": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+              "out_dir": str(out)}
     train(load_config(None, config))
     return out
 

@@ -16,7 +16,7 @@ out = Path(sys.argv[1])
 config = load_config(
     None,
     {**TINY_TRAIN, "prompts_per_step": 4, "max_new_tokens": 5, "steps": 2, "checkpoint_every": 0,
-     "out_dir": str(out), "selection_context_decay": 0.9, "eval_every": 1, "eval_prompts": 4},
+     "out_dir": str(out), "controller.selection_context_decay": 0.9, "eval_every": 1, "eval_prompts": 4},
 )
 result = train(config)
 rank = int(os.environ.get("RANK", "0"))  # the process group is closed after train()

@@ -86,17 +86,17 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_resume_with_a_different_config_fails_naming_the_key(tmp_path):
     train(_config(tmp_path, steps=1))
-    with pytest.raises(ValueError, match="eta"):
-        train(_config(tmp_path, steps=2, eta=0.04), resume=True)
+    with pytest.raises(ValueError, match=r"controller\.eta: saved 0\.02 vs now 0\.04"):
+        train(_config(tmp_path, steps=2, **{"controller.eta": 0.04}), resume=True)
 
 
-def test_token_kl_with_selection_context_and_probes(tmp_path):
-    run = tmp_path / "kl"
-    cfg = dict(steps=2, checkpoint_every=0, policy_loss="token_kl", selection_context_decay=0.9,
-               initial_option="selection", eval_every=1, eval_prompts=4)
+def test_selection_context_and_probes(tmp_path):
+    run = tmp_path / "probes"
+    cfg = {"steps": 2, "checkpoint_every": 0, "controller.selection_context_decay": 0.9,
+           "controller.initial_option": "selection", "eval_every": 1, "eval_prompts": 4}
     result = train(_config(run, **cfg))
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(bool(p.abs().sum() > 0) for p in lora_b)  # the KL loss trained the adapters
+    assert lora_b and all(bool(p.abs().sum() > 0) for p in lora_b)  # the policy update trained the adapters
     probes = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probes] == [0, 1, 2]
     for p in probes:
@@ -115,13 +115,26 @@ def test_token_kl_with_selection_context_and_probes(tmp_path):
     assert steps == [0, 1, 2]
 
 
-def test_bad_policy_loss_and_probe_settings_fail_naming_the_key(tmp_path):
-    with pytest.raises(ValueError, match="policy_loss.*reinforce, token_kl"):
-        _config(tmp_path, policy_loss="kl")
+def test_bad_settings_fail_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match="eval_prompts"):
         _config(tmp_path, eval_prompts=0)
-    with pytest.raises(ValueError, match="selection_context_decay"):
-        _config(tmp_path, selection_context_decay=1.5)
+    with pytest.raises(ValueError, match=r"config key controller\.selection_context_decay=1\.5: must be in"):
+        _config(tmp_path, **{"controller.selection_context_decay": 1.5})
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) eta \(did you mean controller\.eta\?\)"):
+        _config(tmp_path, eta=0.03)
+    with pytest.raises(ValueError, match=r"controller\.k_hat=40: must satisfy top-k=2 <= k_hat <= N=8"):
+        train(_config(tmp_path, steps=1, **{"controller.k_hat": 40}))
+
+
+def test_yaml_controller_section_overrides_and_the_written_config_round_trip(tmp_path):
+    from temoe.controller import ControllerConfig
+
+    cfg = load_config("tiny", ["controller.eta=0.03", "steps=5"])
+    assert cfg.controller.eta == 0.03 and cfg.steps == 5
+    assert cfg.controller.selection_context_decay == 0.9  # the rest of the YAML section is kept
+    nested = load_config(None, {"controller": {"k_hat": 8, "hidden": 64}, "controller.eta": 0.04})
+    assert nested.controller == ControllerConfig(k_hat=8, hidden=64, eta=0.04)
+    assert load_config(cfg.save(tmp_path / "config.yaml")) == cfg
 
 
 def test_bad_gpt_oss_20b_random_layer_count_fails_naming_the_form(tmp_path):

@@ -4,7 +4,7 @@ Each panel: a thin raw per-step line, a thick running mean over 20 steps, and a 
 resamples of the same 20-step window, 2.5/97.5 percentiles), one colour per run (labelled by η and k̂).
 
 `paired_gain` / `plot_paired_gain`: the reward of a run minus the reward of a *frozen* run with the same seed
-(`lr_controller=0 update_policy=false`). Runs with one seed draw the same prompts at every step, so the
+(`lr_controller=0 lr_policy=0`). Runs with one seed draw the same prompts at every step, so the
 difference removes the prompt mix, which dominates a small run's per-step reward; what remains is what the
 training changed.
 
@@ -238,8 +238,8 @@ def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | N
 def _label(run_dir: Path) -> str:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text())
-        return f"η={cfg.get('eta')}, k̂={cfg.get('k_hat')}"
+        ctrl = yaml.safe_load(cfg_path.read_text()).get("controller") or {}
+        return f"η={ctrl.get('eta')}, k̂={ctrl.get('k_hat')}"
     return run_dir.name
 
 

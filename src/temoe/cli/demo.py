@@ -22,8 +22,8 @@ DEMO_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "contr
 
 #: Trainer overrides used when no `tiny` trainer config is shipped: CPU-sized rollouts and controllers for
 #: the embedded model (H = 64), instead of the paper's gpt-oss-20b sizes (16 × 512 tokens, MLP width 1024).
-FALLBACK_TRAIN = {"prompts_per_step": 8, "max_new_tokens": 48, "controller_hidden": 256,
-                  "expert_embed_dim": 64, "checkpoint_every": 0, "steps": 40}
+FALLBACK_TRAIN = {"prompts_per_step": 8, "max_new_tokens": 48, "controller.hidden": 256,
+                  "controller.expert_embed_dim": 64, "checkpoint_every": 0, "steps": 40}
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,7 @@ class DemoConfig:
     train_config: str | None = None
     """Shipped trainer config name or YAML path (default: `tiny` when shipped, else the trainer defaults)."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    """Extra `TrainConfig` key=value overrides."""
-    frozen_baseline: bool = False
-    """Also roll out a frozen controller (same seed, η of the first run, `lr_controller=0
-    update_policy=false`) and report each run's reward minus it (`reward_gain.json`, `figures/reward_gain.png`):
-    same prompts per step, so the difference shows what training changed without the prompt mix. Off by
-    default: the runs' held-out probes (`eval_every`, report section "Held-out probes") measure the same
-    thing on fixed prompts at no extra training run (CLI: --frozen-baseline)."""
+    """Extra `temoe.train.load_config` overrides (`controller.KEY` for the controller's keys)."""
     controller_mode: str = "sample"
     """How the evaluated controllers act: "sample" (d_t ~ Bernoulli(β_t), Plackett–Luce selection; the paper's
     likely mode, digest §3) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
@@ -149,27 +143,23 @@ def stage_survey(cfg: DemoConfig, handle, tokenizer) -> dict:
     return out
 
 
-def stage_train(cfg: DemoConfig, eta: float, frozen: bool = False) -> Path:
-    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run).
-
-    frozen: the same-seed run with no learning (`lr_controller=0`, `update_policy=false`) in `train/frozen`.
-    """
-    if eta in cfg.checkpoints and not frozen:
+def stage_train(cfg: DemoConfig, eta: float) -> Path:
+    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run)."""
+    if eta in cfg.checkpoints:
         return Path(cfg.checkpoints[eta])
     from temoe.train.checkpoint import resolve_checkpoint
     from temoe.train.config import load_config, shipped_configs
     from temoe.train.trainer import train
 
-    run_dir = Path(cfg.out) / "train" / ("frozen" if frozen else f"eta{eta:g}")
+    run_dir = Path(cfg.out) / "train" / f"eta{eta:g}"
     done = run_dir / "DONE"
     if done.exists():
         return Path(done.read_text().strip())
     config_name = cfg.train_config or ("tiny" if "tiny" in shipped_configs() else None)
-    overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model, "k_hat": cfg.k_hat,
-                 "eta": eta, "out_dir": str(run_dir), "seed": cfg.seed, "progress": cfg.progress,
+    overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model,
+                 "controller.k_hat": cfg.k_hat, "controller.eta": eta, "out_dir": str(run_dir),
+                 "seed": cfg.seed, "progress": cfg.progress,
                  **({} if cfg.train_steps is None else {"steps": cfg.train_steps}), **cfg.train_overrides}
-    if frozen:
-        overrides.update(lr_controller=0.0, update_policy=False)
     if cfg.prompts is not None:
         overrides.setdefault("prompts", cfg.prompts)
     resume = (run_dir / "checkpoints" / "latest").exists()
@@ -275,8 +265,6 @@ def run_demo(cfg: DemoConfig) -> dict:
                           tasks=list(cfg.tasks), runs=runs, preamble="\n\n".join(pre))
     if checkpoints and not cfg.checkpoints:
         _probe_section(out, runs, report)
-    if checkpoints and cfg.frozen_baseline and not cfg.checkpoints:
-        _reward_gain(cfg, out, runs, stage_train(cfg, cfg.etas[0], frozen=True).parent, report)
     return {"report": report, "summary": rows, "survey": survey, "seconds": time.perf_counter() - start}
 
 
@@ -324,30 +312,6 @@ def _probe_section(out: Path, runs: dict[str, Path], report: Path) -> None:
         f.write("\n".join(lines))
 
 
-def _reward_gain(cfg: DemoConfig, out: Path, runs: dict[str, Path], frozen_ckpt: Path, report: Path) -> None:
-    """reward_gain.json + figures/reward_gain.png + a report section: each run's reward minus the frozen run's."""
-    from temoe.analysis.training_curves import paired_gain, plot_paired_gain
-
-    frozen_dir = out / "train" / "frozen"
-    gains = {label: paired_gain(d, frozen_dir) for label, d in runs.items()}
-    (out / "reward_gain.json").write_text(json.dumps(
-        {label: g["windows"] for label, g in gains.items()}, indent=2, ensure_ascii=False) + "\n")
-    figure = plot_paired_gain(list(runs.values()), frozen_dir, out / "figures")
-    lines = ["", "## Reward gain over a frozen controller", "",
-             f"Reward (neg. KL/token) of each run minus that of a same-seed run that does not learn "
-             f"(`lr_controller=0 update_policy=false`, η = {cfg.etas[0]:g}): both draw the same prompts at every "
-             f"step, so the prompt mix cancels. Mean over consecutive windows, bootstrap 95% interval.", "",
-             "| run | " + " | ".join(f"steps {w['steps'][0]}-{w['steps'][1]}"
-                                    for w in next(iter(gains.values()))["windows"]) + " |",
-             "|---|" + "---:|" * len(next(iter(gains.values()))["windows"])]
-    for label, g in gains.items():
-        cells = [f"{w['mean']:+.3f} [{w['ci'][0]:+.3f}, {w['ci'][1]:+.3f}]" for w in g["windows"]]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"![reward gain]({figure.relative_to(out)})", ""]
-    with report.open("a") as f:
-        f.write("\n".join(lines))
-
-
 def register(sub) -> None:
     p = sub.add_parser("demo", help="Survey, train, evaluate and report on the embedded model (resumable).",
                        description=__doc__)
@@ -368,8 +332,6 @@ def register(sub) -> None:
                    help="override only how an option is chosen at a termination (default: the demo config's)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--train-steps", type=int)
-    p.add_argument("--frozen-baseline", action="store_true",
-                   help="also train a same-seed frozen controller and report each run's reward minus it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; 1 is far faster on a machine shared "
@@ -400,8 +362,6 @@ def run(args) -> int:
                        ("selection_mode", args.selection_mode)):
         if value is not None:
             updates[key] = value
-    if args.frozen_baseline:
-        updates["frozen_baseline"] = True
     if args.eta:
         updates["etas"] = tuple(args.eta)
     if args.task:

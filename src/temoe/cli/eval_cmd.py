@@ -84,7 +84,7 @@ def run(args) -> int:
 
         model, handle, controller = load_controller(model, args.checkpoint)
         method = "controller"
-        eta = read_meta(resolve_checkpoint(args.checkpoint))["train_config"].get("eta")  # the η column
+        eta = read_meta(resolve_checkpoint(args.checkpoint))["controller_config"].get("eta")  # the η column
     else:
         handle = temoe.wrap(model)
         method = args.baseline or "base"

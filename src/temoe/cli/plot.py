@@ -23,7 +23,7 @@ def register(sub) -> None:
     train.add_argument("--window", type=int, default=20, help="running-mean window in steps")
     train.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
     train.add_argument("--baseline", type=Path, default=None,
-                       help="a frozen same-seed run (lr_controller=0 update_policy=false): also draw each run's "
+                       help="a frozen same-seed run (lr_controller=0 lr_policy=0): also draw each run's "
                             "reward minus its reward (reward_gain.png) and print windowed means with 95%% CIs")
     train.set_defaults(func=run_training)
 

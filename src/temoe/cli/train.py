@@ -1,8 +1,9 @@
 """`temoe train`: option-critic controller training with on-policy self-distillation (Alg. 2).
 
-Flags are shorthands for config keys; any other key is set with `key=value`. Precedence: defaults < --config
-YAML < flags < key=value (flags and key=value may come in any order). A run directory that holds an earlier
-run is refused unless --resume or --overwrite. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
+Flags are shorthands for config keys; any other key is set with `key=value`, the controller's as
+`controller.KEY=VALUE` (e.g. `controller.eta=0.03`). Precedence: defaults < --config YAML < flags < key=value
+(flags and key=value may come in any order). A run directory that holds an earlier run is refused unless
+--resume or --overwrite. Multi-process: `accelerate launch -m temoe.cli.main train ...`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from temoe.validation import ETA, POSITIVE_INT, SEED
 #: flag -> config key
 _SHORTHANDS = {
     "model": "model",
-    "k_hat": "k_hat",
-    "eta": "eta",
+    "k_hat": "controller.k_hat",
+    "eta": "controller.eta",
     "steps": "steps",
     "out": "out_dir",
     "seed": "seed",
@@ -30,8 +31,8 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
-    p.add_argument("--k-hat", type=POSITIVE_INT.arg, help="allowed experts per option k̂ [k_hat]")
-    p.add_argument("--eta", type=ETA.arg, help="deliberation cost η [eta]")
+    p.add_argument("--k-hat", type=POSITIVE_INT.arg, help="allowed experts per option k̂ [controller.k_hat]")
+    p.add_argument("--eta", type=ETA.arg, help="deliberation cost η [controller.eta]")
     p.add_argument("--steps", type=POSITIVE_INT.arg, help="optimisation steps [steps]")
     p.add_argument("--out", help="run directory [out_dir]")
     p.add_argument("--seed", type=SEED.arg, help="seed [seed]")
@@ -40,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the earlier run in OUT (its config, metrics and checkpoints)")
     # REMAINDER keeps flags that follow a key=value; run() parses them (argparse cannot intermix positionals)
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="any TrainConfig field")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                   help="any TrainConfig field; controller.KEY for ControllerConfig's")
     p.set_defaults(func=run, parser=p)
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from temoe.controller.config import ControllerConfig
+from temoe.controller.options import indices_to_mask
 
 
 class SetEncoder(nn.Module):
@@ -36,8 +37,14 @@ class SetEncoder(nn.Module):
         return self._table_cache[1]
 
     def forward(self, ids: Tensor) -> Tensor:
-        """ids (..., K) expert ids of a set (any order) -> z (..., D)."""
-        return self.table()[ids].mean(-2)
+        """ids (..., K) distinct expert ids of a set (any order) -> z (..., D).
+
+        The mean over members as (0/1 membership (..., N)) @ φ-table (N, D) / K: one small matmul, cheaper
+        than gathering K rows of width D per set.
+        """
+        table = self.table()
+        members = indices_to_mask(ids, table.shape[0]).to(table.dtype)  # (..., N)
+        return members @ table / ids.shape[-1]
 
 
 def outside_mass(router_logits: Tensor, option: Tensor) -> Tensor:
@@ -81,7 +88,7 @@ class LayerController(nn.Module):
 
     @torch.no_grad()
     def reset_heads(self, config: ControllerConfig) -> None:
-        """The intended initialisation (A2 and digest §1.3): β ≡ σ(bias_init), Q ≈ 0, V ≡ 0."""
+        """The intended initialisation (A2): β ≡ σ(bias_init), Q ≈ 0, V ≡ 0."""
         for head in (self.termination, self.q_head):
             head[-1].weight.mul_(config.head_init_scale)
             head[-1].bias.zero_()
@@ -110,29 +117,19 @@ class LayerController(nn.Module):
         """Whether β_t has the demand term (`ControllerConfig.termination_demand` > 0)."""
         return self.demand_scale is not None
 
-    def termination_logit(self, h: Tensor, option_prev: Tensor, z_normed: Tensor | None = None,
-                          outside_mass: Tensor | None = None) -> Tensor:
-        """h (..., H), ω_{t-1} ids (..., K) -> logit of β_t (...).
+    def termination_logit(self, h: Tensor, option_prev: Tensor, outside_mass: Tensor | None = None) -> Tensor:
+        """h (..., H), ω_{t-1} ids (..., K) -> logit of β_t (...) (Eq. 3, Alg. 2 line 6).
 
-        z_normed: RMSNorm(z(ω_{t-1})) when the caller already has it (`option_embedding`), e.g. an online
-        rollout whose option did not change since the last token; the result is identical.
         outside_mass: m_t (...), the router's probability mass outside ω_{t-1} (`outside_mass`); required
         when the demand term is on, which adds s · (m_t − τ).
         """
-        if z_normed is None:
-            logit = self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
-        else:
-            logit = self.termination(torch.cat([self.h_norm(h.float()), z_normed], dim=-1)).squeeze(-1)
+        logit = self.termination(self._state_option(h.float(), option_prev)).squeeze(-1)
         if self.demand_scale is None:
             return logit
         if outside_mass is None:
             raise ValueError("this controller's termination has the demand term (termination_demand > 0): "
                              "pass outside_mass, the router's probability mass outside ω_{t-1}")
         return logit + self.demand_scale * (outside_mass.float() - self.demand_threshold)
-
-    def option_embedding(self, option: Tensor) -> Tensor:
-        """RMSNorm(z(ω)) for ids (..., K) -> (..., D), the option half of the β and Q inputs."""
-        return self.z_norm(self.set_encoder(option))
 
     def option_value(self, h: Tensor, option: Tensor) -> Tensor:
         """Q_Ω(h, ω): h (..., H), ids (..., K) -> (...)."""

@@ -6,8 +6,6 @@ Every function here is pure and works on any leading dims (`...`).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -65,35 +63,3 @@ def plackett_luce_log_prob(logits: Tensor, ordered_ids: Tensor) -> Tensor:
     # suffix[j] = log Σ_{j' >= j} exp c_{i_j'}: reverse, logcumsumexp, reverse back.
     suffix = chosen.flip(-1).logcumsumexp(-1).flip(-1)  # (..., k)
     return (chosen - torch.logaddexp(rest, suffix)).sum(-1)
-
-
-def uniform_tuple_log_prob(num_experts: int, k: int) -> float:
-    """log-probability of any one ordered k-tuple drawn uniformly without replacement: -log(N!/(N-k)!)."""
-    return -(math.lgamma(num_experts + 1) - math.lgamma(num_experts - k + 1))
-
-
-def sample_selection(logits: Tensor, k: int, epsilon: float, generator: torch.Generator | None) -> Tensor:
-    """Sample from the ε-mixture (1-ε)·PL(logits) + ε·Uniform(ordered k-tuples). logits (..., N) -> (..., k).
-
-    With ε = 0 this is `sample_plackett_luce`. The uniform draws always consume the generator so the
-    random stream does not depend on which branch a row took.
-    """
-    pl = sample_plackett_luce(logits, k, generator)
-    if epsilon == 0.0:
-        return pl
-    # A uniform ordered tuple = the first k entries of a random permutation (top-k of i.i.d. uniforms).
-    uniform_keys = torch.rand(logits.shape, generator=generator, device=logits.device)
-    uniform = uniform_keys.topk(k, dim=-1).indices
-    use_uniform = torch.rand(logits.shape[:-1], generator=generator, device=logits.device) < epsilon
-    return torch.where(use_uniform.unsqueeze(-1), uniform, pl)
-
-
-def selection_log_prob(logits: Tensor, ordered_ids: Tensor, epsilon: float) -> Tensor:
-    """log-prob of an ordered tuple under the ε-mixture of `sample_selection`: (..., N), (..., k) -> (...)."""
-    pl = plackett_luce_log_prob(logits, ordered_ids)
-    if epsilon == 0.0:
-        return pl
-    if epsilon == 1.0:
-        return torch.full_like(pl, uniform_tuple_log_prob(logits.shape[-1], ordered_ids.shape[-1]))
-    log_uniform = uniform_tuple_log_prob(logits.shape[-1], ordered_ids.shape[-1])
-    return torch.logaddexp(pl + math.log1p(-epsilon), torch.full_like(pl, log_uniform + math.log(epsilon)))

@@ -4,9 +4,9 @@ Shape legend: B batch, T controlled positions, L MoE layers, N experts, K = k̂ 
 k = k̃ routed experts, H hidden, S positions in one forward call.
 
 Time indexing (docs/controller.md): controlled position t is the forward position whose logits give the
-t-th generated token a_t. With `control_prompt=False`, t = 0 is the last prompt position, whose option is
-the router's top-k̂ with d_0 = 0 (§4.2 "Initialization", Alg. 2 line 3); every later forward position
-(one per decode step) is a decision point t = 1, 2, ...
+t-th generated token a_t. t = 0 is the last prompt position, whose option is the router's top-k̂ with
+d_0 = 0 (§4.2 "Initialization", Alg. 2 line 3); earlier prompt positions route with the router's own
+top-k̃, and every later forward position (one per decode step) is a decision point t = 1, 2, ...
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from temoe.controller.networks import LayerController, outside_mass
 from temoe.controller.options import (
     indices_to_mask,
     initial_option,
-    sample_selection,
-    selection_log_prob,
+    plackett_luce_log_prob,
+    sample_plackett_luce,
 )
 
 MaskFn = Callable[[int, Tensor], Tensor]
@@ -44,15 +44,14 @@ class Trajectory:
     options: Tensor
     """(B, T, L, K) long: ω_t, the option executed at t (an unordered set, stored in sampled order)."""
     selected: Tensor
-    """(B, T, L, K) long: the ordered tuple drawn at t (read only where `decisions`; ω_0 at initial columns;
-    on CPU, calls where no row terminated skip the draw and hold ω_{t-1})."""
+    """(B, T, L, K) long: the ordered tuple drawn at t for every row (executed, and read by the selection
+    loss, only where `decisions`); ω_0 at initial columns."""
     decisions: Tensor
     """(B, T, L) bool: d_t (False at initial columns and at invalid positions)."""
     betas: Tensor
     """(B, T, L) float32: β_t = β(h_t, ω_{t-1}) (0 at initial columns)."""
     log_probs: Tensor
-    """(B, T, L) float32: log π_sel(selected_t | h_t) (0 at initial columns, and at calls that skipped the
-    draw; exact wherever `decisions`)."""
+    """(B, T, L) float32: log π_sel(selected_t | h_t) (0 at initial columns)."""
     valid: Tensor
     """(B, T) bool: position t belongs to the row (before its EOS, not left padding)."""
     initial: Tensor
@@ -93,18 +92,33 @@ class ReplayOutput(NamedTuple):
     log_prob: Tensor  # log π_sel(selected_t | h_t)
 
 
+class StepRecord(NamedTuple):
+    """What one controlled position of one layer records (each (B, ...), see `Trajectory`)."""
+
+    option: Tensor  # (B, K) ω_t
+    selected: Tensor  # (B, K) the ordered draw at t
+    decision: Tensor  # (B,) bool d_t
+    beta: Tensor  # (B,) float32 β_t
+    logits: Tensor  # (B, N) float32 c_t, the selection logits the draw came from (log-probs: `trajectory`)
+    valid: Tensor  # (B,) bool
+    initial: Tensor  # (B,) bool: t = 0 of the row
+    hidden: Tensor | None  # (B, H) float32 h_t, when recording hidden states
+    context: Tensor | None  # (B, H) float32 h̄_t, when recording hidden states with a selection context
+    outside: Tensor | None  # (B,) float32 m_t, when the termination has the demand term
+
+
 class OptionState:
     """Explicit per-sequence controller state for one batch of rollouts; create with `controller.new_state`.
 
-    Lifecycle (default `control_prompt=False`): run the prompt forward (left-padded) under
-    `handle.restrict(controller.mask_fn(state))`, call `begin_generation()`, then one decode forward per
-    generated token; call `mark_done(rows)` when rows emit EOS so no decisions are counted after it.
+    Lifecycle: run the prompt forward (left-padded) under `handle.restrict(controller.mask_fn(state))`, call
+    `begin_generation()`, then one decode forward per generated token; call `mark_done(rows)` when rows emit
+    EOS so no decisions are counted after it. The state owns the record (`trajectory()`) and the running
+    selection context; the controller reads and extends them through the methods below.
     """
 
     def __init__(self, num_layers: int, num_experts: int, k_hat: int, batch_size: int, mode: Mode,
-                 generator: torch.Generator | None, record_hidden: bool, control_prompt: bool,
-                 prompt_mask: Tensor | None, selection_mode: Mode | None = None, context_decay: float = 0.0,
-                 demand: bool = False):
+                 generator: torch.Generator | None, record_hidden: bool, prompt_mask: Tensor | None,
+                 selection_mode: Mode | None = None, context_decay: float = 0.0, demand: bool = False):
         selection_mode = mode if selection_mode is None else selection_mode
         for name, value in (("mode", mode), ("selection_mode", selection_mode)):
             if value not in ("sample", "greedy"):
@@ -113,28 +127,48 @@ class OptionState:
         self.batch_size, self.mode, self.generator = batch_size, mode, generator
         self.selection_mode, self.context_decay = selection_mode, context_decay
         self.demand = demand  # the termination has the demand term: record m_t (`Trajectory.outside_mass`)
-        self.record_hidden, self.control_prompt = record_hidden, control_prompt
-        self.prompt_mask = prompt_mask
+        self.record_hidden, self.prompt_mask = record_hidden, prompt_mask
         self.reset()
 
     def reset(self) -> None:
         """Forget everything (same batch size): a fresh state for new prompts."""
         L = self.num_layers
-        self.controlled = self.control_prompt
-        self.done = torch.zeros(self.batch_size, dtype=torch.bool)
-        self.option: list[Tensor | None] = [None] * L  # per layer (B, K): ω_{t-1} entering the next step
-        self.started: list[Tensor | None] = [None] * L  # per layer (B,) bool: row has had its t = 0
-        self.positions = [0] * L  # forward positions seen per layer (indexes prompt_mask)
-        self._pending: list[tuple[Tensor | None, Tensor] | None] = [None] * L  # default mode: (h_0, ω_0)
-        self._columns: list[list[dict[str, Any]]] = [[] for _ in range(L)]
-        # Online caches per layer, valid while the option tensor object is unchanged (no row switched):
-        # (option, RMSNorm(z(option))) and (option, its (B, N) mask).
-        self._z_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
-        self._mask_cache: list[tuple[Tensor, Tensor] | None] = [None] * L
-        self._all_started = [False] * L
+        self._controlled = False
+        self._done: Tensor | None = None  # (B,) bool on the model's device, made at the first call
+        self._option: list[Tensor | None] = [None] * L  # per layer (B, K): ω_{t-1} entering the next step
+        self._positions = [0] * L  # prompt positions seen per layer (indexes prompt_mask)
+        self._initial: list[StepRecord | None] = [None] * L  # the t = 0 column, committed by begin_generation
+        self._columns: list[list[StepRecord]] = [[] for _ in range(L)]
         # Selection context per layer (context_decay > 0): running numerator (B, H) and denominator (B, 1)
         # of the padding-excluded moving average h̄.
         self._context: list[tuple[Tensor, Tensor] | None] = [None] * L
+
+    # --- read by the controller ------------------------------------------------------------------------
+    @property
+    def controlled(self) -> bool:
+        """True after `begin_generation()`: every further position is a decision point."""
+        return self._controlled
+
+    def option(self, i: int) -> Tensor:
+        """ω_{t-1} of layer i, (B, K): the option entering the next controlled position."""
+        return self._option[i]
+
+    def done_rows(self, device: torch.device) -> Tensor:
+        """(B,) bool rows that finished, kept on `device` (moved once, so a decode step copies nothing)."""
+        if self._done is None:  # made on the device: no host -> device copy
+            self._done = torch.zeros(self.batch_size, dtype=torch.bool, device=device)
+        elif self._done.device != device:
+            self._done = self._done.to(device)
+        return self._done
+
+    def prompt_weights(self, i: int, batch: int, length: int, device: torch.device) -> Tensor:
+        """(B, S) float32 weights of layer i's next S prompt positions (0 on left padding); advances them."""
+        pos, weight = self._positions[i], torch.ones(batch, length, device=device)
+        if self.prompt_mask is not None:
+            pad = max(0, self.prompt_mask.shape[1] - pos)
+            weight[:, :pad] = self.prompt_mask[:, pos:pos + length].to(device, torch.float32)
+        self._positions[i] = pos + length
+        return weight
 
     def update_context(self, i: int, hidden: Tensor, weight: Tensor) -> Tensor:
         """Advance layer i's moving average over S new positions; returns h̄ at the last one, (B, H).
@@ -158,33 +192,49 @@ class OptionState:
         self._context[i] = (num, den)
         return num / den.clamp_min(torch.finfo(torch.float32).tiny)
 
+    def mask(self, i: int) -> Tensor:
+        """(B, N) bool mask of layer i's current option (finished rows keep their last one)."""
+        return indices_to_mask(self._option[i], self.num_experts)
+
+    # --- written by the controller ---------------------------------------------------------------------
+    def set_initial(self, i: int, hidden: Tensor, omega0: Tensor, context: Tensor | None) -> None:
+        """Layer i's prompt call: ω_0 (B, K) at the last prompt position h (B, H), committed as t = 0 by
+        `begin_generation()` (the last call before it wins, for a prompt fed in chunks)."""
+        zeros = torch.zeros(omega0.shape[0], dtype=torch.float32, device=omega0.device)
+        valid = torch.ones_like(zeros, dtype=torch.bool)  # replaced by the rows not done, at commit
+        logits = zeros[:, None].expand(-1, self.num_experts)  # no draw at t = 0 (its log-prob is set to 0)
+        self._initial[i] = StepRecord(
+            option=omega0, selected=omega0, decision=torch.zeros_like(valid), beta=zeros, logits=logits,
+            valid=valid, initial=valid, hidden=hidden.float().clone() if self.record_hidden else None,
+            context=context.clone() if self.record_hidden and context is not None else None,
+            outside=zeros if self.demand else None)
+
+    def record(self, i: int, step: StepRecord) -> None:
+        """Append layer i's controlled position; `step.option` becomes ω_{t-1} of the next one."""
+        self._columns[i].append(step)
+        self._option[i] = step.option
+
     def mark_done(self, done: Tensor) -> None:
         """Rows (B,) bool that finished (emitted EOS): later positions are invalid and never switch."""
-        self.done = self.done.to(done.device) | done.bool()
+        self._done = self.done_rows(done.device) | done.bool()
 
     def begin_generation(self) -> None:
-        """Mark the start of controlled positions, after the prompt forward(s) (default mode only).
+        """Mark the start of controlled positions, after the prompt forward(s).
 
-        Commits t = 0 at the last prompt position: ω_0 = router top-k̂ there, d_0 = 0.
+        Commits t = 0 at the last prompt position: ω_0 = router top-k̂ there (or the selection head's,
+        `ControllerConfig.initial_option`), d_0 = 0 (Alg. 2 line 3).
         """
-        if self.controlled:
-            raise RuntimeError("begin_generation() called twice, or with control_prompt=True "
-                               "(where every position is controlled from the start)")
-        if any(p is None for p in self._pending):
+        if self._controlled:
+            raise RuntimeError("begin_generation() called twice")
+        if any(p is None for p in self._initial):
             raise RuntimeError("begin_generation() needs the prompt forward first: every MoE layer must "
                                "have been called once under controller.mask_fn(state)")
-        for i, (h0, omega0, context0) in enumerate(self._pending):
-            B = omega0.shape[0]
-            valid = ~self.done.to(omega0.device)
-            zeros = torch.zeros(B, dtype=torch.float32, device=omega0.device)
-            self._columns[i].append(dict(option=omega0, selected=omega0, decision=torch.zeros_like(valid),
-                                         beta=zeros, log_prob=zeros, valid=valid, initial=valid, hidden=h0,
-                                         sel_input=context0, outside=zeros if self.demand else None))
-            self.option[i] = omega0
-            self.started[i] = valid.clone()
-            self._all_started[i] = bool(valid.all())
-        self.controlled = True
+        for i, first in enumerate(self._initial):
+            valid = ~self.done_rows(first.option.device)
+            self.record(i, first._replace(valid=valid, initial=valid))
+        self._controlled = True
 
+    # --- the record ------------------------------------------------------------------------------------
     @property
     def num_steps(self) -> int:
         """T: controlled positions recorded so far."""
@@ -199,16 +249,20 @@ class OptionState:
 
         def stack(key: str) -> Tensor:
             # per layer: T columns of (B, ...) -> (B, T, ...); then layers -> (B, T, L, ...)
-            return torch.stack([torch.stack([c[key] for c in cols], dim=1) for cols in self._columns], dim=2)
+            layers = [torch.stack([getattr(c, key) for c in cols], dim=1) for cols in self._columns]
+            return torch.stack(layers, dim=2)
 
         hidden = stack("hidden") if self.record_hidden else None
-        context = stack("sel_input") if self.record_hidden and self.context_decay > 0 else None
+        context = stack("context") if self.record_hidden and self.context_decay > 0 else None
         outside = stack("outside") if self.demand else None
-        first = self._columns[0]
-        return Trajectory(options=stack("option"), selected=stack("selected"), decisions=stack("decision"),
-                          betas=stack("beta"), log_probs=stack("log_prob"),
-                          valid=torch.stack([c["valid"] for c in first], dim=1),
-                          initial=torch.stack([c["initial"] for c in first], dim=1), hidden=hidden,
+        first, selected = self._columns[0], stack("selected")
+        # log π_sel of every draw, vectorised over (B, T, L) here rather than per decode step; t = 0 has none
+        log_probs = plackett_luce_log_prob(stack("logits"), selected)
+        log_probs[:, 0] = 0.0
+        return Trajectory(options=stack("option"), selected=selected, decisions=stack("decision"),
+                          betas=stack("beta"), log_probs=log_probs,
+                          valid=torch.stack([c.valid for c in first], dim=1),
+                          initial=torch.stack([c.initial for c in first], dim=1), hidden=hidden,
                           selection_input=context, outside_mass=outside)
 
     def option_masks(self) -> Tensor:
@@ -256,7 +310,7 @@ def recorded_mask_fn(option_masks: Tensor, start: int) -> MaskFn:
     """A MaskFn replaying recorded masks in one teacher-forced forward over the whole sequence.
 
     option_masks (B, T, L, N) bool from `Trajectory.option_masks`; `start` is the input position of
-    controlled position 0 (the last prompt position with `control_prompt=False`). Positions outside
+    controlled position 0 (the last prompt position). Positions outside
     [start, start + T) are unrestricted.
     """
     B, T, _, N = option_masks.shape
@@ -318,19 +372,18 @@ class OptionController(nn.Module):
         selection_mode: overrides how ω_t is chosen at a termination ("greedy": top-k̂ of c_t, while d_t
         still follows `mode`); default: as `mode`.
         record_hidden: keep h_t (float32, B*T*L*H floats) for `replay`.
-        prompt_mask: (B, P) bool attention mask of the left-padded prompt. Its False positions are not
-        decision points (`control_prompt=True`) and are left out of the selection context's moving average;
-        without it every prompt position counts.
+        prompt_mask: (B, P) bool attention mask of the left-padded prompt; its False positions are left out
+        of the selection context's moving average (without it every prompt position counts).
         """
         return OptionState(self.num_layers, self.num_experts, self.k_hat, batch_size, mode, generator,
-                           record_hidden, self.config.control_prompt, prompt_mask, selection_mode,
-                           self.config.selection_context_decay, self.config.termination_demand > 0)
+                           record_hidden, prompt_mask, selection_mode, self.config.selection_context_decay,
+                           self.config.termination_demand > 0)
 
     def mask_fn(self, state: OptionState, router_logits: RouterLogitsFn | None = None) -> MaskFn:
         """The MaskFn for `handle.restrict(...)` that runs the policy online and records into `state`.
 
-        router_logits: current router logits, for ω_0 = top-k̂ (defaults to the handle given to
-        `from_handle`).
+        router_logits: current router logits, for ω_0 = top-k̂ and the demand term (defaults to the handle
+        given to `from_handle`).
         """
         router_logits = router_logits or self.router_logits
         if router_logits is None:
@@ -339,9 +392,12 @@ class OptionController(nn.Module):
 
         @torch.no_grad()
         def fn(i: int, hidden: Tensor) -> Tensor:
-            if state.controlled:
-                return self._controlled_call(i, hidden, state, router_logits)
-            return self._prompt_call(i, hidden, state, router_logits)
+            if not state.controlled:
+                return self._prompt_call(i, hidden, state, router_logits)
+            # Alg. 2 line 4, one position at a time: ω_t depends on d_t, which depends on ω_{t-1} (a decode
+            # call has S = 1)
+            return torch.stack([self.step(i, hidden[:, s], state, router_logits)
+                                for s in range(hidden.shape[1])], dim=1)
 
         # Every row of every mask this returns allows exactly k̂ (or all N) experts, so the handle may skip
         # its per-call count check (a host sync per layer and token).
@@ -350,22 +406,17 @@ class OptionController(nn.Module):
 
     def _prompt_call(self, i: int, hidden: Tensor, state: OptionState,
                      router_logits: RouterLogitsFn) -> Tensor:
-        """Default mode, prompt forward: router's own routing; the last column gets ω_0 (pending t = 0)."""
+        """Prompt forward (Alg. 2 line 3): the router's own routing; the last column gets ω_0 (t = 0).
+
+        hidden (B, S, H) -> mask (B, S, N).
+        """
         B, S, _ = hidden.shape
         last = hidden[:, -1]  # (B, H): the position predicting the first generated token (left padding)
         context = None
         if state.context_decay > 0:
-            pos = state.positions[i]
-            weight = torch.ones(B, S, device=hidden.device)
-            if state.prompt_mask is not None:
-                weight[:, : max(0, state.prompt_mask.shape[1] - pos)] = state.prompt_mask[:, pos:pos + S].to(
-                    hidden.device, torch.float32)
-            context = state.update_context(i, hidden, weight)  # h̄_0, (B, H)
+            context = state.update_context(i, hidden, state.prompt_weights(i, B, S, hidden.device))  # h̄_0
         omega0 = self._initial_option(i, last, context, router_logits)  # (B, K)
-        record = state.record_hidden
-        state._pending[i] = (last.float().clone() if record else None, omega0,
-                             context.clone() if record and context is not None else None)
-        state.positions[i] += S
+        state.set_initial(i, last, omega0, context)
         mask = torch.ones(B, S, self.num_experts, dtype=torch.bool, device=hidden.device)
         # ω_0 is executed at t = 0. With the router's own top-k̂ (the default) this leaves its top-k̃ unchanged;
         # with initial_option="selection" it may not.
@@ -380,85 +431,58 @@ class OptionController(nn.Module):
             return initial_option(logits, self.k_hat)
         return initial_option(router_logits(i, h[:, None])[:, 0], self.k_hat)
 
-    def _controlled_call(self, i: int, hidden: Tensor, state: OptionState,
-                         router_logits: RouterLogitsFn) -> Tensor:
-        """S controlled positions in order (a decode call has S = 1): decide, record, return (B, S, N)."""
-        B, S, _ = hidden.shape
-        device, K, layer = hidden.device, self.k_hat, self.layers[i]
-        if state.option[i] is None:  # control_prompt=True, first call
-            state.option[i] = torch.arange(K, device=device).expand(B, K).clone()  # placeholder, never used
-            state.started[i] = torch.zeros(B, dtype=torch.bool, device=device)
-        masks = []
-        for s in range(S):  # sequential by nature: ω_t depends on d_t, which depends on ω_{t-1}
-            h = hidden[:, s].float()  # (B, H)
-            pos = state.positions[i]
-            state.done = state.done.to(device)  # once: later calls find it on the device
-            valid = ~state.done
-            if state.prompt_mask is not None and pos < state.prompt_mask.shape[1]:
-                valid = valid & state.prompt_mask[:, pos].to(device)
-            started = state.started[i]
-            init_rows, decide_rows = valid & ~started, valid & started
-            context = None
-            if state.context_decay > 0:  # h̄_t, the selection head's input
-                context = state.update_context(i, h[:, None], valid[:, None].float())
-            option_prev = state.option[i]
+    def step(self, i: int, h: Tensor, state: OptionState, router_logits: RouterLogitsFn) -> Tensor:
+        """One controlled position of layer i (Alg. 2 lines 5–9): terminate? -> select -> mask.
 
-            cached = state._z_cache[i]
-            if cached is None or cached[0] is not option_prev:
-                cached = state._z_cache[i] = (option_prev, layer.option_embedding(option_prev))
-            mass = None
-            if layer.uses_demand:  # m_t: the router's probability mass outside ω_{t-1}
-                mass = outside_mass(router_logits(i, h[:, None])[:, 0], option_prev)
-            beta = torch.sigmoid(layer.termination_logit(h, option_prev, z_normed=cached[1],
-                                                         outside_mass=mass))  # (B,)
-            if state.mode == "sample":
-                d = torch.bernoulli(beta, generator=state.generator).bool()
-            else:
-                d = beta >= 0.5
-            d = d & decide_rows
-            # On CPU a host check is free: when no row terminates (most calls once the controller has
-            # learnt to keep its options) the selection head, the draw and its log-prob are skipped and the
-            # record holds selected = ω_{t-1}, log-prob 0 (neither is read where d_t = 0). On an accelerator
-            # the check would be a device sync per layer and token, so the selection always runs there.
-            unchanged = device.type == "cpu" and not state.control_prompt and not bool(d.any())
-            if unchanged:
-                selected, log_prob = option_prev, torch.zeros_like(beta)
-            else:
-                logits = layer.selection_logits(h if context is None else context)  # (B, N)
-                if state.selection_mode == "sample":
-                    selected = sample_selection(logits, K, self.config.epsilon, state.generator)
-                else:
-                    selected = logits.topk(K, dim=-1).indices
-                log_prob = selection_log_prob(logits, selected, self.config.epsilon)
-            # Keeping the same tensor object when nothing switched lets the caches above recognise it.
-            option = option_prev if unchanged else torch.where(d[:, None], selected, option_prev)
-            # Only control_prompt=True starts rows inside controlled calls; skipping the check otherwise
-            # avoids a device sync per layer and token.
-            if state.control_prompt and bool(init_rows.any()):
-                omega0 = self._initial_option(i, h, context, router_logits)
-                option = torch.where(init_rows[:, None], omega0, option)
-                selected = torch.where(init_rows[:, None], omega0, selected)
-                beta = beta.masked_fill(init_rows, 0.0)
-                log_prob = log_prob.masked_fill(init_rows, 0.0)
-                mass = None if mass is None else mass.masked_fill(init_rows, 0.0)
+        h (B, H) -> mask (B, N) bool. Every op stays on h's device, with no host read whatever the rows
+        decide: the selection is drawn for every row and kept where d_t = 1.
+        """
+        layer, option_prev = self.layers[i], state.option(i)
+        valid = ~state.done_rows(h.device)  # (B,): rows before their EOS
+        h = h.float()
+        mass = self._outside_mass(i, h, option_prev, router_logits)  # m_t, or None without the demand term
+        beta = torch.sigmoid(layer.termination_logit(h, option_prev, outside_mass=mass))  # line 6
+        decision = self._terminate(beta, state) & valid  # line 7
+        context = self._selection_context(i, h, valid, state)  # h̄_t, or None (the head reads h_t)
+        selected, logits = self._select(layer, h if context is None else context, state)  # line 8
+        option = torch.where(decision[:, None], selected, option_prev)  # line 8: keep ω_{t-1} unless d_t
+        record = state.record_hidden
+        state.record(i, StepRecord(option=option, selected=selected, decision=decision, beta=beta,
+                                   logits=logits, valid=valid, initial=torch.zeros_like(valid),
+                                   hidden=h.clone() if record else None,
+                                   context=context if record else None, outside=mass))
+        return state.mask(i)  # line 9: mask the router to ω_t
 
-            state.option[i] = option
-            state.started[i] = started | init_rows
-            state.positions[i] = pos + 1
-            state._columns[i].append(dict(option=option, selected=selected, decision=d, beta=beta,
-                                          log_prob=log_prob, valid=valid, initial=init_rows,
-                                          hidden=h.clone() if state.record_hidden else None,
-                                          sel_input=context if state.record_hidden else None,
-                                          outside=mass))
-            if not state._all_started[i]:
-                mask = indices_to_mask(option, self.num_experts)
-                masks.append(mask | ~state.started[i][:, None])  # rows not yet started route freely
-            else:  # every row started at begin_generation() (finished rows keep their last option)
-                cached_mask = state._mask_cache[i]
-                if cached_mask is None or cached_mask[0] is not option:
-                    cached_mask = state._mask_cache[i] = (option, indices_to_mask(option, self.num_experts))
-                masks.append(cached_mask[1])
-        return torch.stack(masks, dim=1)
+    def _terminate(self, beta: Tensor, state: OptionState) -> Tensor:
+        """d_t (B,) bool: d_t ~ Bernoulli(β_t) (Alg. 2 line 7), or [β_t >= 0.5] in greedy mode."""
+        if state.mode == "sample":
+            return torch.bernoulli(beta, generator=state.generator).bool()
+        return beta >= 0.5
+
+    def _select(self, layer: LayerController, x: Tensor, state: OptionState) -> tuple[Tensor, Tensor]:
+        """(ordered ids (B, K), c_t (B, N)): a Plackett–Luce draw from c_t = f_sel(x) (Alg. 2 line 8, Eq. 5),
+        or the top-k̂ of c_t in greedy selection mode."""
+        logits = layer.selection_logits(x)  # (B, N)
+        if state.selection_mode == "sample":
+            selected = sample_plackett_luce(logits, self.k_hat, state.generator)
+        else:
+            selected = logits.topk(self.k_hat, dim=-1).indices
+        return selected, logits
+
+    def _selection_context(self, i: int, h: Tensor, valid: Tensor, state: OptionState) -> Tensor | None:
+        """h̄_t (B, H), the selection head's input with `selection_context_decay` > 0 (finished rows add no
+        weight); None when the head reads h_t."""
+        if state.context_decay == 0:
+            return None
+        return state.update_context(i, h[:, None], valid[:, None].float())
+
+    def _outside_mass(self, i: int, h: Tensor, option_prev: Tensor,
+                      router_logits: RouterLogitsFn) -> Tensor | None:
+        """m_t (B,): the router's probability mass outside ω_{t-1} at h (B, H), for the termination's demand
+        term; None when it is off."""
+        if not self.layers[i].uses_demand:
+            return None
+        return outside_mass(router_logits(i, h[:, None])[:, 0], option_prev)
 
     def replay(self, hidden: Tensor, options_prev: Tensor, decisions: Tensor,
                selected: Tensor, selection_input: Tensor | None = None,
@@ -483,7 +507,7 @@ class OptionController(nn.Module):
                 q_prev=layer.option_value(h, prev),
                 q_exec=layer.option_value(h, option),
                 value=layer.state_value(h),
-                log_prob=selection_log_prob(layer.selection_logits(h_sel), sel, self.config.epsilon),
+                log_prob=plackett_luce_log_prob(layer.selection_logits(h_sel), sel),
             ))
         return ReplayOutput(*(torch.stack(parts, dim=2) for parts in zip(*outs)))
 

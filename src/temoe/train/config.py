@@ -1,4 +1,5 @@
-"""The training configuration: one frozen dataclass, loaded from YAML plus `key=value` overrides.
+"""The training configuration: one frozen dataclass with the controller's as a nested section, loaded from
+YAML plus `key=value` overrides (`controller.KEY=VALUE` for the controller section).
 
 Defaults are the paper's (Shen & Henderson 2026, §5 "Training details" and App. A2); each field says where
 its value comes from. `TrainConfig.validate()` rejects contradictory settings early, naming the key.
@@ -14,8 +15,11 @@ from typing import Any
 
 import yaml
 
+from temoe.controller.config import ControllerConfig
 from temoe.validation import TRAIN_RANGES, check_fields
 
+CONTROLLER = "controller"
+"""The nested section holding a `ControllerConfig`."""
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -36,30 +40,10 @@ class TrainConfig:
     dtype: str = "auto"
     """Weight dtype when loading the model (`auto` = the checkpoint's own). One of DTYPES."""
 
-    # --- options (§2, §4) ----------------------------------------------------------------------------------
-    k_hat: int = 16
-    """k̂, allowed experts per option; must satisfy top-k ≤ k̂ ≤ N (§2). Paper: 16 and 8 for N = 32."""
-    eta: float = 0.02
-    """Deliberation cost η added to the termination advantage (Alg. 2 line 13). Paper: {0.02, 0.03, 0.04}."""
-    controller_hidden: int = 1024
-    """Hidden width of the controller MLPs (App. A2: 1024)."""
-    expert_embed_dim: int = 128
-    """Expert embedding size d_e of the DeepSets set encoder (App. A2: 128)."""
-    termination_bias_init: float = -3.0
-    """Initial termination logit bias, σ(−3) ≈ 0.05 (App. A2)."""
-    selection_context_decay: float = 0.0
-    """Selection head input: 0 = h_t (the paper); d in (0, 1) = a causal moving average of h with decay d
-    (temoe extension, `ControllerConfig.selection_context_decay`)."""
-    selection_temperature: float = 1.0
-    """Plackett–Luce temperature of the selection (`ControllerConfig.selection_temperature`; 1 = paper)."""
-    termination_demand: float = 0.0
-    """Scale s of the termination's demand term s · (m_t − τ), m_t the router's probability mass outside the
-    current option (temoe extension, `ControllerConfig.termination_demand`; 0 = off, the paper)."""
-    termination_demand_threshold: float = 0.5
-    """τ of the demand term (`ControllerConfig.termination_demand_threshold`)."""
-    initial_option: str = "router"
-    """ω_0: "router" (the paper's router top-k̂ at t = 0) or "selection" (top-k̂ of the selection head, which
-    reads the moving average; `ControllerConfig.initial_option`)."""
+    # --- the option controllers (§4.2, A2) and their deliberation cost η ---------------------------------
+    controller: ControllerConfig = field(default_factory=lambda: ControllerConfig(k_hat=16))
+    """k̂, η, the controller networks' sizes and the temoe extensions (`temoe.controller.ControllerConfig`; the
+    YAML section `controller:`, overrides `controller.KEY=VALUE`). Default k̂ = 16 (§5, with N = 32)."""
 
     # --- returns and losses (§4, App. A2) ------------------------------------------------------------------
     gamma: float = 0.95
@@ -69,9 +53,9 @@ class TrainConfig:
     value_coef: float = 0.01
     """Weight of the critic loss (V − V̂)² + (Q − Q̂)² in the controller loss (§5: 0.01)."""
     reward_scale: float = 1.0 / 512
-    """Multiplier on r_t before returns/critics. The paper is silent; the authors' code divides by 512
-    (digest §2.4), the scale at which the paper's η ∈ {0.02..0.04} was tuned: with unit-scale rewards Q − V
-    dwarfs η and η stops mattering. The logged `rollout/reward` is never scaled."""
+    """Multiplier on r_t before returns/critics. The paper is silent; the authors' code divides by 512, the
+    scale at which the paper's η ∈ {0.02..0.04} was tuned: the scale sets how large Q − V is against η. The
+    logged `rollout/reward` is never scaled."""
 
     # --- rollout (§5 "Training details") -------------------------------------------------------------------
     prompts_per_step: int = 16
@@ -85,8 +69,8 @@ class TrainConfig:
     temperature: float = 1.0
     """Sampling temperature applied to both student and teacher logits before mixing (§5: 1.0)."""
     top_p: float = 0.95
-    """Nucleus applied to p_mix, then renormalised; the token is drawn from that (§5: top-p 0.95; the authors'
-    code skipped it, digest §2.3). Importance weights use this truncated distribution."""
+    """Nucleus applied to p_mix, then renormalised; the token is drawn from that (§5: top-p 0.95). Importance
+    weights use this truncated distribution."""
     chat_template: bool = True
     """Wrap each prompt in the tokenizer's chat template (when it has one) with a generation prompt."""
 
@@ -110,14 +94,6 @@ class TrainConfig:
     micro_batch_size: int = 0
     """Sequences per replay forward/backward of the intra-option loss (gradient accumulation inside a step);
     0 = the whole per-process batch at once."""
-    policy_loss: str = "reinforce"
-    """Intra-option objective: "reinforce" (the paper, Alg. 2 line 19: −Σ w_t Ĝ_t log π_θ(a_t) with
-    standardised Monte Carlo returns of the sampled-token reward) or "token_kl" (temoe extension: the
-    full-vocabulary reverse KL(π_θ ‖ teacher) at every visited position, the expectation the reward
-    samples; far lower variance for the same rollouts, at the cost of one teacher-forced teacher forward per
-    step and no credit assignment to later tokens)."""
-    update_policy: bool = True
-    """Run the intra-option policy update (Alg. 2 lines 17–19). False trains the controller only."""
 
     # --- run control ---------------------------------------------------------------------------------------
     steps: int = 120
@@ -148,26 +124,13 @@ class TrainConfig:
     """torch intra-op threads per process (0 = torch's default); tiny models on a busy CPU prefer 1."""
 
     def validate(self, num_processes: int = 1) -> TrainConfig:
-        """Fail early, naming the key, on values that cannot work together."""
+        """Fail early, naming the key, on values that cannot work together (the controller section checks
+        itself when built)."""
 
         def bad(key: str, why: str) -> ValueError:
             return ValueError(f"config key {key}={getattr(self, key)!r}: {why}")
 
-        check_fields(self, TRAIN_RANGES)  # every float finite; eta, learning rates, ... in their ranges
-        if self.k_hat < 1:
-            raise bad("k_hat", "must be >= 1 (and >= the model's top-k, checked when the model is loaded)")
-        if not 0.0 <= self.selection_context_decay < 1.0:
-            raise bad("selection_context_decay", "must be in [0, 1) (0 = the paper's selection from h_t)")
-        if not self.selection_temperature > 0:
-            raise bad("selection_temperature", "must be > 0 (1 = the paper's Plackett-Luce over c_t)")
-        if not self.termination_demand >= 0:
-            raise bad("termination_demand", "must be >= 0 (0 = the paper's termination, no demand term)")
-        if not 0.0 < self.termination_demand_threshold < 1.0:
-            raise bad("termination_demand_threshold", "must be in (0, 1): a probability mass")
-        if self.initial_option not in ("router", "selection"):
-            raise bad("initial_option", "valid values are router, selection")
-        if self.policy_loss not in ("reinforce", "token_kl"):
-            raise bad("policy_loss", "valid values are reinforce, token_kl")
+        check_fields(self, TRAIN_RANGES)  # every float finite, nested controller included; ranges
         if self.eval_every < 0:
             raise bad("eval_every", "must be >= 0 (0 = no probes)")
         if self.eval_prompts < 1 or self.eval_prompts % num_processes:
@@ -202,9 +165,14 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field; the controller as a nested `controller` mapping (the YAML layout)."""
         out = dataclasses.asdict(self)
         out["report_to"] = list(self.report_to)
         return out
+
+    def flat(self) -> dict[str, Any]:
+        """Every field with the controller's under dotted keys (`controller.eta`), e.g. to compare configs."""
+        return flatten(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config as YAML (every field, defaults included)."""
@@ -249,13 +217,42 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config field type {tp!r} for {key}")
 
 
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"controller": {"eta": 0.02}, "steps": 5}` -> `{"controller.eta": 0.02, "steps": 5}`."""
+    out = {}
+    for key, value in values.items():
+        if key == CONTROLLER and isinstance(value, dict):
+            out.update({f"{CONTROLLER}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def _field_types() -> dict[str, Any]:
+    """Type of every config key: TrainConfig's fields, and ControllerConfig's as `controller.KEY`."""
     hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+    out = {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != CONTROLLER}
+    ctrl = typing.get_type_hints(ControllerConfig)
+    out.update({f"{CONTROLLER}.{f.name}": ctrl[f.name] for f in fields(ControllerConfig)})
+    return out
+
+
+def _unknown_keys_error(unknown: list[str], types_: dict[str, Any]) -> ValueError:
+    hints = [f"{k} (did you mean {CONTROLLER}.{k}?)" if f"{CONTROLLER}.{k}" in types_ else k for k in unknown]
+    return ValueError(f"unknown config key(s) {', '.join(hints)}; valid keys: {', '.join(types_)}")
+
+
+def _controller(values: dict[str, Any]) -> ControllerConfig:
+    """The controller section over TrainConfig's default one; its errors name the `controller.` key."""
+    default = dataclasses.asdict(TrainConfig.__dataclass_fields__[CONTROLLER].default_factory())
+    try:
+        return ControllerConfig(**{**default, **values})
+    except ValueError as e:
+        raise ValueError(str(e).replace("ControllerConfig.", f"config key {CONTROLLER}.", 1)) from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`["k_hat=8", "eta=0.03"]` -> `{"k_hat": "8", "eta": "0.03"}`."""
+    """`["controller.k_hat=8", "steps=3"]` -> `{"controller.k_hat": "8", "steps": "3"}`."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -271,19 +268,22 @@ def load_config(
     num_processes: int = 1,
 ) -> TrainConfig:
     """Defaults <- YAML file at `path` (a file path or `name` of a shipped `temoe/configs/NAME.yaml`)
-    <- `overrides` (dict or `key=value` strings). Unknown keys fail listing the valid ones."""
+    <- `overrides` (dict or `key=value` strings). Controller keys are `controller.KEY` (or a nested
+    `controller` mapping). Unknown keys fail listing the valid ones."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(read_yaml(resolve_config_path(path)))
+        values.update(flatten(read_yaml(resolve_config_path(path))))
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
+    values.update(flatten(overrides or {}))
     types_ = _field_types()
     unknown = sorted(set(values) - set(types_))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
+        raise _unknown_keys_error(unknown, types_)
     kwargs = {k: _coerce(k, types_[k], v) for k, v in values.items()}
-    return TrainConfig(**kwargs).validate(num_processes)
+    prefix = f"{CONTROLLER}."
+    ctrl = {k.removeprefix(prefix): kwargs.pop(k) for k in list(kwargs) if k.startswith(prefix)}
+    return TrainConfig(**kwargs, controller=_controller(ctrl)).validate(num_processes)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from temoe.train.checkpoint import resolve_checkpoint, verify_checkpoint
+from temoe.train.config import flatten
 
 log = logging.getLogger("temoe.train")
 
@@ -114,8 +115,8 @@ def check_resume(config, ckpt: Path) -> None:
     Paths (`model`, `prompts`) compare by the file they name when it exists, so `./data/p.jsonl`,
     `data/p.jsonl` and its absolute path are the same run.
     """
-    saved = verify_checkpoint(ckpt)["train_config"]
-    now = config.to_dict()
+    saved = flatten(verify_checkpoint(ckpt)["train_config"])
+    now = config.flat()
     diffs = [
         f"{k}: saved {saved.get(k)!r} vs now {now[k]!r}"
         for k in now

@@ -1,5 +1,9 @@
-"""`train(config)`: the paper's Algorithm 2 as one loop (rollout → rewards → returns/advantages → losses →
-backward → clip → step → log), on one CPU, one GPU, or several processes through `accelerate launch`.
+"""`train(config)`: the paper's Algorithm 2 as a loop over named phases, on one CPU, one GPU, or several
+processes through `accelerate launch`.
+
+Each step: `collect` (rollout with the controller online, Alg. 2 lines 2–13) -> `controller_update` (critics,
+termination, selection; continued lines 3–16) -> `policy_update` (intra-option LoRA; lines 17–19) -> log and
+checkpoint. `setup` builds what the loop needs once; `Probe` is the held-out evaluation.
 
 Shapes: B prompts per process, P prompt tokens, T generated tokens (+1 bootstrap column, see
 `temoe.rollout.generate`), L MoE layers, N experts, V vocab.
@@ -11,7 +15,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from accelerate.utils import DistributedType, set_seed
 from torch import Tensor, nn
 
 import temoe
-from temoe.controller import ControllerConfig, OptionController, recorded_mask_fn
+from temoe.controller import OptionController, recorded_mask_fn
 from temoe.metrics import switch_rate
 from temoe.moe.lora import add_lora, snapshot_routers, teacher_mode
 from temoe.rl import (
@@ -32,7 +36,6 @@ from temoe.rl import (
     selection_loss,
     standardize,
     termination_loss,
-    token_kl_loss,
     token_log_probs,
 )
 from temoe.rollout.generate import RolloutBatch, position_ids_from_mask, rollout
@@ -43,6 +46,8 @@ from temoe.train.logging import MetricsLogger
 from temoe.train.rundir import open_run
 
 log = logging.getLogger("temoe.train")
+
+
 
 @dataclass
 class RunResult:
@@ -76,9 +81,437 @@ class ControllerReplay(nn.Module):
                                             outside_mass))
 
 
+@dataclass
+class Run:
+    """Everything the loop's phases share, built once by `setup`."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    handle: Any
+    """`temoe.wrap` handle of the student's MoE layers."""
+    controller: OptionController
+    peft_model: Any
+    """The student: base + LoRA (+ trainable routers); with its adapters off and the original routers
+    swapped in (`teacher()`) it is the teacher."""
+    ddp_model: Any
+    """`peft_model` as prepared by accelerate (DDP/FSDP wrapper), for the policy update."""
+    ddp_replay: ControllerReplay
+    rollout_model: Any
+    """The module rollouts run through: `peft_model`, or `ddp_model` when sharded (FSDP)."""
+    teacher: Any
+    """Context-manager factory that turns the student into the teacher."""
+    optimizers: dict[str, torch.optim.Optimizer]
+    """"controller" (termination, selection, critics) and "policy" (LoRA + routers)."""
+    policy_params: list[nn.Parameter]
+    prompts: PromptSource
+    generators: dict[str, torch.Generator]
+    """"sample" (token sampling) and "controller" (d_t and Plackett–Luce draws), per process."""
+    rollout_settings: dict[str, Any]
+    """The keyword arguments every `temoe.rollout.rollout` call of the run shares (`rollout_settings`)."""
+    logger: MetricsLogger
+    start_step: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+    @property
+    def rank_world(self) -> tuple[int, int]:
+        return self.accelerator.process_index, self.accelerator.num_processes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Train option controllers + LoRA on `config.model` (Alg. 2); see docs/training.md.
+
+    Writes `config.out_dir/{config.yaml, metrics.jsonl, checkpoints/}`, holding the run's lock. With
+    `resume=True` continues from `checkpoints/latest` (same config except `rundir.RESUMABLE_CHANGES`), with no
+    step lost or repeated; a directory holding an earlier run is refused unless `resume` or `overwrite`.
+    """
+    config.validate()
+    with open_run(config, resume=resume, overwrite=overwrite) as ckpt:
+        return _train(config, resume=ckpt is not None)
+
+
+def _train(config: TrainConfig, *, resume: bool) -> RunResult:
+    """The loop of Alg. 2 over named phases, in a run directory `train` owns."""
+    run = setup(config, resume)
+    probe = Probe(run) if config.eval_every else None
+    if probe is not None and run.start_step == 0:
+        probe(0)
+    for step in range(run.start_step + 1, config.steps + 1):  # Alg. 2 line 1
+        t_start = time.perf_counter()
+        batch = collect(run, step)  # lines 2–13
+        t_rollout = time.perf_counter() - t_start
+        stats = controller_update(run, batch)  # continued, lines 3–16 (and the ν, ψ, ϕ half of line 20)
+        stats |= policy_update(run, batch)  # lines 17–19 (and the θ half of line 20)
+        log_step(run, step, batch, stats, time.perf_counter() - t_start, t_rollout)
+        if probe is not None and (step % config.eval_every == 0 or step == config.steps):
+            probe(step)
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
+            save(run, step)
+    run.logger.close()
+    run.accelerator.end_training()
+    return RunResult(run_dir=Path(config.out_dir), steps=config.steps, metrics=run.records,
+                     checkpoint=run.checkpoint, model=run.peft_model, handle=run.handle,
+                     controller=run.controller)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the phases of one step
+# ---------------------------------------------------------------------------------------------------------
+def collect(run: Run, step: int) -> RolloutBatch:
+    """Alg. 2 lines 2–13: sample step's prompts, roll out with the controller online (β_t, d_t, PL selection,
+    masked router at every decode step: lines 4–9) and teacher-mixed sampling (lines 10–12); the rewards
+    r_t (line 13) are `rollout_rewards` of the batch."""
+    rank, world = run.rank_world
+    prompt_ids, prompt_mask = (x.to(run.accelerator.device) for x in run.prompts.batch(step - 1, rank, world))
+    run.peft_model.eval()
+    return run_rollout(run, prompt_ids, prompt_mask, run.generators["sample"], run.generators["controller"])
+
+
+def controller_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
+    """Alg. 2 continued, lines 3–16, then the controller's step of line 20.
+
+    One batched replay gives β_t, Q(h_t, ω_{t-1}), Q(h_t, ω_t), V(h_t) and log π_sel with gradients;
+    GAE(λ) targets (lines 4–12); termination loss with η (line 13); selection loss at switches
+    (lines 14–15); critic loss (line 16). One backward, clip, AdamW step.
+    """
+    config, traj = run.config, batch.trajectory
+    width = traj.valid.shape[1]  # T or T + 1 (bootstrap column)
+    rewards = _pad_columns(rollout_rewards(batch, config.reward_scale), width)
+    weights = _pad_columns(batch.weights, width)  # w_t (line 12); the bootstrap column carries none
+    beta, q_prev, q_exec, value, log_prob = run.ddp_replay(traj.hidden, traj.options_prev, traj.decisions,
+                                                           traj.selected, traj.selection_input,
+                                                           traj.outside_mass)
+    targets = option_critic_targets(rewards, value, q_prev, q_exec, beta, traj.valid, batch.terminated,
+                                    gamma=config.gamma, lam=config.lam)  # lines 4–12
+    loss_critic, s_critic = critic_loss(value, q_exec, targets.v_target, targets.q_target, traj.valid,
+                                        coef=config.value_coef)  # line 16
+    loss_term, s_term = termination_loss(beta, q_prev, value, traj.decision_mask, config.controller.eta,
+                                         weights)  # line 13
+    switches = traj.decisions & traj.decision_mask[..., None]
+    loss_sel, s_sel = selection_loss(log_prob, q_exec, value, switches, weights)  # lines 14–15
+    loss = loss_term + loss_sel + loss_critic
+    grad = _optimizer_step(run, "controller", loss, run.controller.parameters())  # line 20
+    return {"loss/value": s_critic["loss/critic"], "loss/termination": float(loss_term.detach()),
+            "loss/selection": float(loss_sel.detach()),
+            "loss/controller_policy": float((loss_term + loss_sel).detach()),
+            "loss/controller": float(loss.detach()), "grad/controller_norm": grad,
+            "termination/adv_mean": s_term["termination/adv_mean"],
+            "termination/frac_keep_preferred": s_term["termination/frac_keep_preferred"],
+            "selection/num_switches": s_sel["selection/num_switches"]}
+
+
+def policy_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
+    """Alg. 2 continued, lines 17–19, then the intra-option step of line 20.
+
+    Ḡ_t = Σ_j γ^j r_{t+j} (line 18), standardised over the response tokens (A2); the gradient of
+    w_t log π_θ(a_t) Ḡ_t (line 19) through a teacher-forced replay under the recorded option masks
+    (`_policy_backward`); clip, AdamW step on LoRA + routers.
+    """
+    config = run.config
+    returns = discounted_returns(rollout_rewards(batch, config.reward_scale), batch.valid, config.gamma)
+    advantages = standardize(returns, batch.valid)
+    run.peft_model.train()
+    loss = _policy_backward(run, batch, advantages)
+    grad = _optimizer_step(run, "policy", None, run.policy_params)
+    run.peft_model.eval()
+    return {"loss/policy": loss, "grad/policy_norm": grad}
+
+
+def log_step(run: Run, step: int, batch: RolloutBatch, losses: dict[str, float], step_s: float,
+             rollout_s: float) -> None:
+    """Append the step's record (`step_record`) to metrics.jsonl and to `run.records`."""
+    record = step_record(run.accelerator, step, batch, run.handle.num_experts, losses, step_s, rollout_s)
+    run.logger.log(record)
+    run.records.append(record)
+
+
+def save(run: Run, step: int) -> None:
+    """A checkpoint of everything the run needs to continue exactly (`temoe.train.checkpoint`)."""
+    config = run.config
+    run.checkpoint = save_checkpoint(
+        Path(config.out_dir), step, peft_model=run.peft_model, handle=run.handle, controller=run.controller,
+        optimizers=run.optimizers, generators=run.generators, train_config=config,
+        controller_config=config.controller, accelerator=run.accelerator, keep=config.keep_checkpoints)
+
+
+def _optimizer_step(run: Run, name: str, loss: Tensor | None, params) -> float:
+    """Backward of `loss` (None: already done), clip to `grad_clip`, step and zero optimizer `name`;
+    returns the gradient norm before clipping."""
+    if loss is not None:
+        run.accelerator.backward(loss)
+    grad = run.accelerator.clip_grad_norm_(params, run.config.grad_clip)
+    run.optimizers[name].step()
+    run.optimizers[name].zero_grad(set_to_none=True)
+    return float(grad)
+
+
+def _pad_columns(x: Tensor, width: int) -> Tensor:
+    """(B, T) -> (B, width) with zero columns appended: the bootstrap column carries no reward or weight."""
+    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], dim=1)
+
+
+def _policy_backward(run: Run, batch: RolloutBatch, advantages: Tensor) -> float:
+    """Backward of −Σ w_t Ĝ_t log π_θ(a_t) / Σ w_t (Alg. 2 line 19) in micro-batches; returns the loss.
+
+    Teacher-forced forward over prompt + response[:-1] with the recorded option masks at the controlled
+    positions (`recorded_mask_fn`), so π_θ is the distribution the tokens were sampled under.
+    """
+    config, accelerator = run.config, run.accelerator
+    B, P = batch.prompt_ids.shape
+    T = batch.tokens.shape[1]
+    ids = torch.cat([batch.prompt_ids, batch.tokens[:, :-1]], dim=1)  # (B, P + T − 1)
+    attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.tokens[:, :-1], dtype=torch.bool)], dim=1)
+    positions = position_ids_from_mask(attn)
+    option_masks = batch.trajectory.option_masks(run.handle.num_experts)[:, :T]  # (B, T, L, N)
+    w = batch.weights * batch.valid
+    w_total = w.sum().clamp_min(1e-12)
+    mb = config.micro_batch_size or B
+    starts = list(range(0, B, mb))
+    total = 0.0
+    for start in starts:
+        sl = slice(start, start + mb)
+        last = start == starts[-1]  # gradients are all-reduced once, after the last micro-batch
+        with (nullcontext() if last else accelerator.no_sync(run.ddp_model)), \
+                run.handle.restrict(recorded_mask_fn(option_masks[sl], start=P - 1)):
+            logits = run.ddp_model(input_ids=ids[sl], attention_mask=attn[sl].long(),
+                                   position_ids=positions[sl], use_cache=False,
+                                   logits_to_keep=T).logits  # (b, T, V): predicts a_0..a_{T−1}
+            logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
+            loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
+            loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's normaliser
+            accelerator.backward(loss)
+        total += float(loss.detach())
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rollouts and rewards
+# ---------------------------------------------------------------------------------------------------------
+def rollout_settings(config: TrainConfig, eos_ids: list[int], pad_id: int,
+                     early_stop: bool) -> dict[str, Any]:
+    """The `temoe.rollout.rollout` keyword arguments every rollout of a run shares (§5: τ = 0.2, temperature
+    1.0, top-p 0.95, T = max_new_tokens)."""
+    return dict(max_new_tokens=config.max_new_tokens, tau=config.tau, temperature=config.temperature,
+                top_p=config.top_p, eos_token_ids=eos_ids, pad_token_id=pad_id, early_stop=early_stop)
+
+
+def run_rollout(run: Run, ids: Tensor, mask: Tensor, generator: torch.Generator,
+                controller_generator: torch.Generator, **changes) -> RolloutBatch:
+    """`temoe.rollout.rollout` of the student with the controller online, with the run's settings; `changes`
+    overrides some (`tau`, `forced_tokens`)."""
+    return rollout(run.rollout_model, run.handle, run.controller, run.teacher, ids, mask, generator=generator,
+                   controller_generator=controller_generator, **{**run.rollout_settings, **changes})
+
+
+def rollout_rewards(batch: RolloutBatch, scale: float) -> Tensor:
+    """r_t = log p_teacher(a_t) − log π(a_t) (Alg. 2 line 13) times `reward_scale`, 0 past a row's end;
+    (B, T) float32. The critics, the termination and the intra-option returns all read this."""
+    return batch.rewards * scale
+
+
+# ---------------------------------------------------------------------------------------------------------
+# held-out probes
+# ---------------------------------------------------------------------------------------------------------
+class Probe:
+    """Held-out probes without updates (`eval_every`), appended to eval.jsonl.
+
+    (1) An on-policy rollout with fixed seeds (reward, exact KL, switch rate) and (2) the exact KL on fixed
+    text, the teacher's own continuations of the same prompts (sampled once, with a fixed seed), with the
+    controller online. (2) visits the same states at every probe, so its change is what training did, free
+    of sampling noise. The prompts are the last of the first epoch's order (`PromptSource.probe_indices`).
+    """
+
+    def __init__(self, run: Run):
+        self.run = run
+        config, prompts, world = run.config, run.prompts, run.accelerator.num_processes
+        self.count = config.eval_prompts
+        if self.count > len(prompts.prompts):
+            self.count = len(prompts.prompts) - len(prompts.prompts) % world
+            log.warning("eval_prompts=%d exceeds the %d usable prompts: probing %d", config.eval_prompts,
+                        len(prompts.prompts), self.count)
+        if not prompts.probe_held_out(self.count, config.steps) and run.accelerator.is_main_process:
+            log.warning("the %d probe prompts are also trained on: %d steps x %d prompts exceed the %d "
+                        "usable prompts minus the probes", self.count, config.steps, config.prompts_per_step,
+                        len(prompts.prompts))
+        self.fixed_text: Tensor | None = None  # the teacher's continuations (made at the first probe)
+
+    def _rollout(self, ids: Tensor, mask: Tensor, **changes) -> RolloutBatch:
+        """A rollout with the probe's own fixed generators (the same draws at every probe)."""
+        run, (rank, _) = self.run, self.run.rank_world
+        device = run.accelerator.device
+        sample, ctrl = (_generator(device, run.config.seed * 7919 + 104729 * k + rank) for k in (1, 2))
+        return run_rollout(run, ids, mask, sample, ctrl, **changes)
+
+    def __call__(self, step: int) -> None:
+        run = self.run
+        device = run.accelerator.device
+        ids, mask = (x.to(device) for x in run.prompts.probe_batch(self.count, *run.rank_world))
+        run.peft_model.eval()
+        if self.fixed_text is None:
+            self.fixed_text = self._rollout(ids, mask, tau=1.0).tokens
+        per_seq = {}
+        for prefix, batch in (("", self._rollout(ids, mask)),
+                              ("fixed_", self._rollout(ids, mask, forced_tokens=self.fixed_text))):
+            stats = rollout_stats(batch, run.handle.num_experts)
+            stats.pop("betas")
+            per_seq.update({prefix + k: run.accelerator.gather(v.to(device)).cpu() for k, v in stats.items()})
+        means = {f"eval/{k}": _nanmean(per_seq[k]) for k in ("reward", "kl", "switch_rate", "teacher_ppl",
+                                                              "fixed_kl", "fixed_switch_rate")}
+        means["eval/response_tokens"] = _nanmean(per_seq["length"])
+        lists = {f"{k}_per_prompt": per_seq[k].tolist() for k in ("reward", "kl", "switch_rate", "fixed_kl")}
+        run.logger.log_eval({"step": step, **means, **lists})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics of one rollout (per sequence, gathered over processes)
+# ---------------------------------------------------------------------------------------------------------
+def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
+    """Per-sequence statistics (B,) float32 and the pooled β values at decision positions."""
+    valid = batch.valid
+    n = valid.sum(1).clamp_min(1).float()
+    reward = (batch.logp_teacher - batch.logp_student).mul(valid).sum(1) / n  # neg. KL per token
+    kl = (batch.kl * valid).sum(1) / n  # exact KL per token at the visited states
+    teacher_ppl = torch.exp(-(batch.logp_teacher * valid).sum(1) / n)
+    traj = batch.trajectory
+    masks = traj.option_masks(num_experts)  # (B, T', L, N)
+    switch, repeat = [], []
+    for b in range(valid.shape[0]):
+        t_b = int(valid[b].sum())
+        switch.append(switch_rate(masks[b, :t_b]) if t_b >= 2 else float("nan"))
+        toks = batch.tokens[b, :t_b]
+        repeat.append(1.0 - toks.unique().numel() / max(t_b, 1))
+    dec = traj.decision_mask  # (B, T')
+    return {
+        "reward": reward,
+        "kl": kl,
+        "teacher_ppl": teacher_ppl,
+        "length": valid.sum(1).float(),
+        "switch_rate": torch.tensor(switch),
+        "repeat_fraction": torch.tensor(repeat),
+        "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
+        "importance_weight": (batch.weights * valid).sum(1) / n,
+        "betas": traj.betas[dec].flatten(),
+    }
+
+
+#: Per-sequence rollout statistics logged as `rollout/<key>` (mean over sequences, NaN ones left out).
+_ROLLOUT_KEYS = ("reward", "kl", "switch_rate", "repeat_fraction", "teacher_ppl", "termination_rate",
+                 "importance_weight")
+
+
+def step_record(accelerator: Accelerator, step: int, batch: RolloutBatch, num_experts: int,
+                losses: dict[str, float], step_s: float, rollout_s: float) -> dict[str, Any]:
+    """The step's metrics record (docs/training.md lists every key): losses and β statistics averaged over
+    processes, per-sequence rollout statistics gathered from every process, throughput."""
+    stats = rollout_stats(batch, num_experts)
+    betas = stats.pop("betas")
+    per_seq = {k: accelerator.gather(v.to(accelerator.device)) for k, v in stats.items()}
+    local = {**losses,
+             "rollout/switch_prob_mean": float(betas.mean()) if betas.numel() else float("nan"),
+             "rollout/switch_prob_p95": float(betas.quantile(0.95)) if betas.numel() else float("nan"),
+             "rollout/switch_prob_std": float(betas.std()) if betas.numel() > 1 else float("nan")}
+    record = {"step": step, **_mean_over_processes(accelerator, local)}
+    record.update({f"rollout/{k}": _nanmean(per_seq[k]) for k in _ROLLOUT_KEYS})
+    tokens = float(per_seq["length"].sum())
+    record["rollout/response_tokens"] = float(per_seq["length"].mean())
+    record["perf/tokens_per_s"] = tokens / step_s
+    record["perf/rollout_tokens_per_s"] = tokens / rollout_s
+    record["perf/step_s"] = step_s
+    return record
+
+
+def _nanmean(v: Tensor) -> float:
+    v = v[~v.isnan()]
+    return float(v.mean()) if v.numel() else float("nan")
+
+
+def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return dict(zip(keys, t.tolist()))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # set-up: model, dtype policy, prompts
 # ---------------------------------------------------------------------------------------------------------
+def setup(config: TrainConfig, resume: bool) -> Run:
+    """Everything the loop needs: the student (base + LoRA + trainable routers), the controller, the teacher
+    (the same weights, adapters off, original routers), optimisers, prompts, generators, logger; with
+    `resume`, the state of `checkpoints/latest` restored."""
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    config.validate(accelerator.num_processes)
+    rank = accelerator.process_index
+    set_seed(config.seed)  # same on every process: identical controller and LoRA initialisation
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    model, tokenizer, eos_ids, pad_id = load_model_for_training(config, accelerator)
+    model.to(accelerator.device)
+    handle, controller, peft_model, teacher = build_student(config, model, accelerator.device)
+    policy_params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt_ctrl = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller,
+                                 weight_decay=config.weight_decay)  # §5: controller lr 1e-4
+    opt_policy = torch.optim.AdamW(policy_params, lr=config.lr_policy,
+                                   weight_decay=config.weight_decay)  # §5: intra-option lr 2e-4
+    ddp_model, ddp_replay, opt_ctrl, opt_policy = accelerator.prepare(
+        peft_model, ControllerReplay(controller), opt_ctrl, opt_policy)
+    # DDP replicas hold full weights: roll out on the unwrapped module (no collectives, so processes may stop
+    # at different lengths). Sharded FSDP must run the wrapped module and the same number of steps everywhere.
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded:
+        log.warning("FSDP path: rollouts through the sharded model, no early stop (untested without GPUs)")
+    device = accelerator.device
+    run = Run(config=config, accelerator=accelerator, handle=handle, controller=controller,
+              peft_model=peft_model, ddp_model=ddp_model, ddp_replay=ddp_replay,
+              rollout_model=ddp_model if sharded else peft_model, teacher=teacher,
+              optimizers={"controller": opt_ctrl, "policy": opt_policy}, policy_params=policy_params,
+              prompts=load_prompts(config, tokenizer, model.config.vocab_size, pad_id, eos_ids),
+              generators={"sample": _generator(device, config.seed * 7919 + rank),
+                          "controller": _generator(device, config.seed * 104729 + rank)},
+              rollout_settings=rollout_settings(config, eos_ids, pad_id, early_stop=not sharded), logger=None)
+    if resume:
+        run.checkpoint = resolve_checkpoint(config.out_dir)
+        run.start_step = load_training_state(run.checkpoint, peft_model=peft_model, handle=handle,
+                                             controller=controller, optimizers=run.optimizers,
+                                             generators=run.generators, process_index=rank)
+    if accelerator.is_main_process:
+        config.save(Path(config.out_dir) / "config.yaml")
+    run.logger = MetricsLogger(config.out_dir, total_steps=config.steps, start_step=run.start_step,
+                               enabled=accelerator.is_main_process, progress=config.progress,
+                               report_to=config.report_to, config=config.to_dict())
+    return run
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def build_student(config: TrainConfig, model, device: torch.device):
+    """(handle, controller, peft_model, teacher) for `model`: MoE wrapper, controllers with selection heads
+    copied from the routers (A2), LoRA on experts and attention (+ trainable routers, §5), and the teacher
+    context (adapters off, the routers as they were before any update)."""
+    handle = temoe.wrap(model)
+    k_hat = config.controller.k_hat
+    if not handle.top_k <= k_hat <= handle.num_experts:
+        raise ValueError(f"config key controller.k_hat={k_hat}: must satisfy top-k={handle.top_k} <= k_hat "
+                         f"<= N={handle.num_experts} for {config.model}")
+    original_routers = snapshot_routers(handle)  # the teacher's routing, frozen before any update
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    controller = OptionController.from_handle(handle, config.controller).to(device)
+    peft_model = add_lora(model, handle, rank=config.lora_rank, alpha=config.lora_alpha,
+                          attention=config.lora_attention, train_routers=config.train_routers)
+    if config.mixed_precision != "no":  # trainable routers keep float32 master weights under autocast
+        for router in handle.routers:
+            router.float()
+    return handle, controller, peft_model, lambda: teacher_mode(peft_model, handle, original_routers)
+
+
 def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
     """(model, tokenizer, eos ids, pad id); the one place that decides the weight dtype (and logs why).
 
@@ -159,418 +592,3 @@ def load_prompts(
     )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# metrics of one rollout (per sequence, gathered over processes)
-# ---------------------------------------------------------------------------------------------------------
-def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
-    """Per-sequence statistics (B,) float32 and the pooled β values at decision positions."""
-    valid = batch.valid
-    n = valid.sum(1).clamp_min(1).float()
-    reward = (batch.logp_teacher - batch.logp_student).mul(valid).sum(1) / n  # neg. KL per token
-    kl = (batch.kl * valid).sum(1) / n  # exact KL per token at the visited states
-    teacher_ppl = torch.exp(-(batch.logp_teacher * valid).sum(1) / n)
-    traj = batch.trajectory
-    masks = traj.option_masks(num_experts)  # (B, T', L, N)
-    switch, repeat = [], []
-    for b in range(valid.shape[0]):
-        t_b = int(valid[b].sum())
-        switch.append(switch_rate(masks[b, :t_b]) if t_b >= 2 else float("nan"))
-        toks = batch.tokens[b, :t_b]
-        repeat.append(1.0 - toks.unique().numel() / max(t_b, 1))
-    dec = traj.decision_mask  # (B, T')
-    return {
-        "reward": reward,
-        "kl": kl,
-        "teacher_ppl": teacher_ppl,
-        "length": valid.sum(1).float(),
-        "switch_rate": torch.tensor(switch),
-        "repeat_fraction": torch.tensor(repeat),
-        "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
-        "importance_weight": (batch.weights * valid).sum(1) / n,
-        "betas": traj.betas[dec].flatten(),
-    }
-
-
-def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    t = accelerator.reduce(t, reduction="mean")
-    return dict(zip(keys, t.tolist()))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the loop
-# ---------------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> RunResult:
-    """Train option controllers + LoRA on `config.model` (Alg. 2); see docs/training.md.
-
-    Writes `config.out_dir/{config.yaml, metrics.jsonl, checkpoints/}`, holding the run's lock. With
-    `resume=True` continues from `checkpoints/latest` (same config except `rundir.RESUMABLE_CHANGES`), with no
-    step lost or repeated; a directory holding an earlier run is refused unless `resume` or `overwrite`.
-    """
-    config.validate()
-    with open_run(config, resume=resume, overwrite=overwrite) as ckpt:
-        return _train(config, resume=ckpt is not None)
-
-
-def _train(config: TrainConfig, *, resume: bool) -> RunResult:
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    config.validate(accelerator.num_processes)
-    run_dir = Path(config.out_dir)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(config.seed)  # same on every process: identical controller and LoRA initialisation
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-
-    # ---- model: student = base + LoRA + controller; teacher = same weights, adapters off, original routers
-    model, tokenizer, eos_ids, pad_id = load_model_for_training(config, accelerator)
-    model.to(accelerator.device)
-    handle = temoe.wrap(model)
-    if not handle.top_k <= config.k_hat <= handle.num_experts:
-        raise ValueError(
-            f"config key k_hat={config.k_hat}: must satisfy top-k={handle.top_k} <= k_hat <= "
-            f"N={handle.num_experts} for {config.model}"
-        )
-    original_routers = snapshot_routers(handle)  # the teacher's routing, frozen before any update
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ctrl_config = ControllerConfig(
-        k_hat=config.k_hat,
-        expert_embed_dim=config.expert_embed_dim,
-        hidden=config.controller_hidden,
-        termination_bias_init=config.termination_bias_init,
-        selection_context_decay=config.selection_context_decay,
-        initial_option=config.initial_option,
-        selection_temperature=config.selection_temperature,
-        termination_demand=config.termination_demand,
-        termination_demand_threshold=config.termination_demand_threshold,
-    )
-    controller = OptionController.from_handle(handle, ctrl_config).to(accelerator.device)
-    peft_model = add_lora(
-        model,
-        handle,
-        rank=config.lora_rank,
-        alpha=config.lora_alpha,
-        attention=config.lora_attention,
-        train_routers=config.train_routers,
-    )
-    if config.mixed_precision != "no":  # trainable routers keep float32 master weights under autocast
-        for router in handle.routers:
-            router.float()
-    policy_params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt_ctrl = torch.optim.AdamW(
-        controller.parameters(), lr=config.lr_controller, weight_decay=config.weight_decay
-    )  # §5: controller lr 1e-4
-    opt_policy = torch.optim.AdamW(
-        policy_params, lr=config.lr_policy, weight_decay=config.weight_decay
-    )  # §5: intra-option lr 2e-4
-    ddp_model, ddp_replay, opt_ctrl, opt_policy = accelerator.prepare(
-        peft_model, ControllerReplay(controller), opt_ctrl, opt_policy
-    )
-    optimizers = {"controller": opt_ctrl, "policy": opt_policy}
-
-    prompts = load_prompts(config, tokenizer, model.config.vocab_size, pad_id, eos_ids)
-    sample_gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 7919 + rank)
-    ctrl_gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 104729 + rank)
-    generators = {"sample": sample_gen, "controller": ctrl_gen}
-
-    start_step, ckpt = 0, None
-    if resume:
-        ckpt = resolve_checkpoint(run_dir)
-        start_step = load_training_state(
-            ckpt,
-            peft_model=peft_model,
-            handle=handle,
-            controller=controller,
-            optimizers=optimizers,
-            generators=generators,
-            process_index=rank,
-        )
-    if accelerator.is_main_process:
-        config.save(run_dir / "config.yaml")
-    logger = MetricsLogger(
-        run_dir,
-        total_steps=config.steps,
-        start_step=start_step,
-        enabled=accelerator.is_main_process,
-        progress=config.progress,
-        report_to=config.report_to,
-        config=config.to_dict(),
-    )
-    teacher = lambda: teacher_mode(peft_model, handle, original_routers)  # noqa: E731
-    # DDP replicas hold full weights: roll out on the unwrapped module (no collectives, so processes may stop
-    # at different lengths). Sharded FSDP must run the wrapped module and the same number of steps everywhere.
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if sharded:
-        log.warning("FSDP path: rollouts through the sharded model, no early stop (untested without GPUs)")
-    rollout_model = ddp_model if sharded else peft_model
-    records: list[dict[str, Any]] = []
-
-    probe_text: dict[str, Tensor] = {}  # the teacher's continuations of the probe prompts (fixed: made once)
-
-    def probe(step: int) -> None:
-        """Held-out probes without updates (`eval_every`), appended to eval.jsonl: (1) an on-policy rollout
-        with fixed seeds (reward, exact KL, switch rate) and (2) the exact KL on fixed text, the teacher's own
-        continuations of the same prompts (sampled once, with a fixed seed), with the controller online. (2)
-        visits the same states at every probe, so its change is what training did, free of sampling noise."""
-        ids, mask = prompts.probe_batch(num_probes, rank, world)
-        ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-        device = accelerator.device
-
-        def gens() -> list[torch.Generator]:
-            return [torch.Generator(device=device).manual_seed(config.seed * 7919 + 104729 * k + rank)
-                    for k in (1, 2)]
-
-        common = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                      top_p=config.top_p, eos_token_ids=eos_ids, pad_token_id=pad_id, early_stop=not sharded)
-        peft_model.eval()
-        if "tokens" not in probe_text:
-            g = gens()
-            probe_text["tokens"] = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=1.0,
-                                           generator=g[0], controller_generator=g[1], **common).tokens
-        g = gens()
-        batch = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=config.tau, generator=g[0],
-                        controller_generator=g[1], **common)
-        g = gens()
-        fixed = rollout(rollout_model, handle, controller, teacher, ids, mask, tau=config.tau, generator=g[0],
-                        controller_generator=g[1], forced_tokens=probe_text["tokens"], **common)
-        per_seq = {}
-        for prefix, b in (("", batch), ("fixed_", fixed)):
-            stats = rollout_stats(b, handle.num_experts)
-            stats.pop("betas")
-            per_seq.update({prefix + k: accelerator.gather(v.to(device)).cpu() for k, v in stats.items()})
-
-        def mean(v: Tensor) -> float:
-            v = v[~v.isnan()]
-            return float(v.mean()) if v.numel() else float("nan")
-
-        logger.log_eval({"step": step, "eval/reward": mean(per_seq["reward"]), "eval/kl": mean(per_seq["kl"]),
-                         "eval/switch_rate": mean(per_seq["switch_rate"]),
-                         "eval/teacher_ppl": mean(per_seq["teacher_ppl"]),
-                         "eval/response_tokens": mean(per_seq["length"]),
-                         "eval/fixed_kl": mean(per_seq["fixed_kl"]),
-                         "eval/fixed_switch_rate": mean(per_seq["fixed_switch_rate"]),
-                         "reward_per_prompt": per_seq["reward"].tolist(),
-                         "kl_per_prompt": per_seq["kl"].tolist(),
-                         "switch_rate_per_prompt": per_seq["switch_rate"].tolist(),
-                         "fixed_kl_per_prompt": per_seq["fixed_kl"].tolist()})
-
-    num_probes = config.eval_prompts
-    if config.eval_every:
-        if num_probes > len(prompts.prompts):
-            num_probes = len(prompts.prompts) - len(prompts.prompts) % world
-            log.warning("eval_prompts=%d exceeds the %d usable prompts: probing %d", config.eval_prompts,
-                        len(prompts.prompts), num_probes)
-        if not prompts.probe_held_out(num_probes, config.steps) and accelerator.is_main_process:
-            log.warning("the %d probe prompts are also trained on: %d steps x %d prompts exceed the %d "
-                        "usable prompts minus the probes", num_probes, config.steps, config.prompts_per_step,
-                        len(prompts.prompts))
-        if start_step == 0:
-            probe(0)
-
-    for step in range(start_step + 1, config.steps + 1):
-        t_start = time.perf_counter()
-        # ---- Alg. 2 lines 2–13: rollout with the controller online and teacher-mixed sampling ------------
-        prompt_ids, prompt_mask = (x.to(accelerator.device) for x in prompts.batch(step - 1, rank, world))
-        peft_model.eval()
-        batch = rollout(
-            rollout_model,
-            handle,
-            controller,
-            teacher,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens=config.max_new_tokens,
-            tau=config.tau,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            eos_token_ids=eos_ids,
-            pad_token_id=pad_id,
-            generator=sample_gen,
-            controller_generator=ctrl_gen,
-            early_stop=not sharded,
-        )
-        t_rollout = time.perf_counter() - t_start
-        traj = batch.trajectory
-        T, Tc = batch.tokens.shape[1], traj.valid.shape[1]  # Tc = T or T + 1 (bootstrap column)
-
-        # ---- rewards r_t = log p_teacher − log π (line 13), scaled for the critics; weights w_t (line 12)
-        rewards = _pad_columns(batch.rewards, Tc) * config.reward_scale
-        weights = _pad_columns(batch.weights, Tc)
-        valid = traj.valid  # equals _pad_columns(batch.valid, Tc)
-
-        # ---- controller losses (lines 3–16 of "Algorithm 2 continued"), one batched replay --------------
-        out = ddp_replay(traj.hidden, traj.options_prev, traj.decisions, traj.selected, traj.selection_input,
-                         traj.outside_mass)
-        beta, q_prev, q_exec, value, log_prob = out
-        targets = option_critic_targets(
-            rewards, value, q_prev, q_exec, beta, valid, batch.terminated, gamma=config.gamma, lam=config.lam
-        )  # GAE(λ), lines 4–12
-        loss_critic, s_critic = critic_loss(
-            value, q_exec, targets.v_target, targets.q_target, valid, coef=config.value_coef
-        )  # line 16
-        loss_term, s_term = termination_loss(
-            beta, q_prev, value, traj.decision_mask, config.eta, weights
-        )  # line 13
-        switches = traj.decisions & traj.decision_mask[..., None]
-        loss_sel, s_sel = selection_loss(log_prob, q_exec, value, switches, weights)  # lines 14–15
-        loss_ctrl = loss_term + loss_sel + loss_critic
-        accelerator.backward(loss_ctrl)
-        grad_ctrl = accelerator.clip_grad_norm_(controller.parameters(), config.grad_clip)
-        opt_ctrl.step()
-        opt_ctrl.zero_grad(set_to_none=True)
-
-        # ---- intra-option policy gradient (lines 17–19): teacher-forced replay with the recorded masks ---
-        loss_policy_value, grad_policy = float("nan"), torch.tensor(float("nan"))
-        if config.update_policy:
-            returns = discounted_returns(batch.rewards * config.reward_scale, batch.valid, config.gamma)
-            advantages = standardize(returns, batch.valid)  # Ḡ standardised over the response tokens (A2)
-            peft_model.train()
-            loss_policy_value = _policy_update(
-                ddp_model,
-                handle,
-                accelerator,
-                batch,
-                advantages,
-                config,
-                traj.option_masks(handle.num_experts)[:, :T],
-                teacher_model=rollout_model,
-                teacher=teacher,
-            )
-            grad_policy = accelerator.clip_grad_norm_(policy_params, config.grad_clip)
-            opt_policy.step()
-            opt_policy.zero_grad(set_to_none=True)
-            peft_model.eval()
-
-        # ---- log ------------------------------------------------------------------------------------------
-        step_time = time.perf_counter() - t_start
-        stats = rollout_stats(batch, handle.num_experts)
-        betas = stats.pop("betas")
-        per_seq = {k: accelerator.gather(v.to(accelerator.device)) for k, v in stats.items()}
-        tokens_all = float(per_seq["length"].sum())
-        local = {
-            "loss/value": s_critic["loss/critic"],
-            "loss/termination": float(loss_term.detach()),
-            "loss/selection": float(loss_sel.detach()),
-            "loss/controller_policy": float((loss_term + loss_sel).detach()),
-            "loss/controller": float(loss_ctrl.detach()),
-            "loss/policy": loss_policy_value,
-            "rollout/switch_prob_mean": float(betas.mean()) if betas.numel() else float("nan"),
-            "rollout/switch_prob_p95": float(betas.quantile(0.95)) if betas.numel() else float("nan"),
-            "rollout/switch_prob_std": float(betas.std()) if betas.numel() > 1 else float("nan"),
-            "grad/controller_norm": float(grad_ctrl),
-            "grad/policy_norm": float(grad_policy),
-            "termination/adv_mean": s_term["termination/adv_mean"],
-            "termination/frac_keep_preferred": s_term["termination/frac_keep_preferred"],
-            "selection/num_switches": s_sel["selection/num_switches"],
-        }
-        record = {"step": step, **_mean_over_processes(accelerator, local)}
-        for key in (
-            "reward",
-            "kl",
-            "switch_rate",
-            "repeat_fraction",
-            "teacher_ppl",
-            "termination_rate",
-            "importance_weight",
-        ):
-            v = per_seq[key]
-            record[f"rollout/{key}"] = (
-                float(v[~v.isnan()].mean()) if bool((~v.isnan()).any()) else float("nan")
-            )
-        record["rollout/response_tokens"] = float(per_seq["length"].mean())
-        record["perf/tokens_per_s"] = tokens_all / step_time
-        record["perf/rollout_tokens_per_s"] = tokens_all / t_rollout
-        record["perf/step_s"] = step_time
-        logger.log(record)
-        records.append(record)
-
-        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-            probe(step)
-
-        if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-            ckpt = save_checkpoint(
-                run_dir,
-                step,
-                peft_model=peft_model,
-                handle=handle,
-                controller=controller,
-                optimizers=optimizers,
-                generators=generators,
-                train_config=config,
-                controller_config=ctrl_config,
-                accelerator=accelerator,
-                keep=config.keep_checkpoints,
-            )
-    logger.close()
-    accelerator.end_training()
-    return RunResult(
-        run_dir=run_dir,
-        steps=config.steps,
-        metrics=records,
-        checkpoint=ckpt,
-        model=peft_model,
-        handle=handle,
-        controller=controller,
-    )
-
-
-def _pad_columns(x: Tensor, width: int) -> Tensor:
-    """(B, T) -> (B, width) with zero columns appended: the bootstrap column carries no reward or weight."""
-    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], dim=1)
-
-
-def _policy_update(
-    ddp_model,
-    handle,
-    accelerator: Accelerator,
-    batch: RolloutBatch,
-    advantages: Tensor,
-    config: TrainConfig,
-    option_masks: Tensor,
-    teacher_model=None,
-    teacher=None,
-) -> float:
-    """Backward of −Σ w_t Ĝ_t log π_θ(a_t) / Σ w_t (Alg. 2 line 19) in micro-batches; returns the loss.
-
-    Teacher-forced forward over prompt + response[:-1] with the recorded option masks at the controlled
-    positions (`recorded_mask_fn`), so π_θ is the distribution the tokens were sampled under.
-    With `config.policy_loss == "token_kl"` the loss is instead the full-vocabulary KL(π_θ ‖ teacher) at the
-    same positions (`token_kl_loss`); the teacher's logits come from `teacher_model` (the same weights) under
-    the `teacher()` context, without gradients.
-    """
-    B, P = batch.prompt_ids.shape
-    T = batch.tokens.shape[1]
-    ids = torch.cat([batch.prompt_ids, batch.tokens[:, :-1]], dim=1)  # (B, P + T − 1)
-    attn = torch.cat([batch.prompt_mask, torch.ones_like(batch.tokens[:, :-1], dtype=torch.bool)], dim=1)
-    positions = position_ids_from_mask(attn)
-    # each micro-batch's share of the loss normaliser: Σ w (reinforce) or the token count (token_kl)
-    w = batch.weights * batch.valid if config.policy_loss == "reinforce" else batch.valid.float()
-    w_total = w.sum().clamp_min(1e-12)
-    mb = config.micro_batch_size or B
-    chunks = list(range(0, B, mb))
-    total = 0.0
-    for n, start in enumerate(chunks):
-        sl = slice(start, start + mb)
-        sync = n == len(chunks) - 1
-        ctx = accelerator.no_sync(ddp_model) if not sync else nullcontext()
-        inputs = dict(input_ids=ids[sl], attention_mask=attn[sl].long(), position_ids=positions[sl],
-                      use_cache=False, logits_to_keep=T)
-        teacher_logits = None
-        if config.policy_loss == "token_kl":
-            with torch.no_grad(), teacher():
-                teacher_logits = teacher_model(**inputs).logits
-        with ctx, handle.restrict(recorded_mask_fn(option_masks[sl], start=P - 1)):
-            logits = ddp_model(**inputs).logits  # (b, T, V): predicts a_0..a_{T−1}
-            if teacher_logits is None:
-                logp = token_log_probs(logits / config.temperature, batch.tokens[sl])
-                loss, _ = intra_option_loss(logp, advantages[sl], batch.valid[sl], batch.weights[sl])
-            else:
-                loss, _ = token_kl_loss(logits / config.temperature, teacher_logits / config.temperature,
-                                        batch.valid[sl])
-            loss = loss * (w[sl].sum() / w_total)  # micro-batch share of the batch's normaliser
-            accelerator.backward(loss)
-        total += float(loss.detach())
-    return total
