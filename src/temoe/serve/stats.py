@@ -144,8 +144,9 @@ class TransferStats:
             start, end, critical = self._pending[0]
             if wait_all or wait_oldest:
                 end.synchronize()
+                self._origin.synchronize()  # on another stream it may still be pending
                 wait_oldest = False
-            elif not end.query():
+            elif not (end.query() and self._origin.query()):
                 return
             self._pending.popleft()
             self.add_interval(self._origin.elapsed_time(start) / 1e3, self._origin.elapsed_time(end) / 1e3,
