@@ -111,7 +111,9 @@ class HostExpertStore:
             views = self.layout.views(rows)
             with torch.no_grad():
                 for name in self.layout.names:
-                    views[name].copy_(getattr(module, name).detach())  # D2H straight into the pinned block
+                    param = getattr(module, name).detach()
+                    for e in range(num_experts):  # contiguous per expert: D2H straight into the pinned block
+                        views[name][e].copy_(param[e])
             self.rows.append(rows)
         pinned = list(self.rows) if self.pinned_bytes else []
         self._finalizer = weakref.finalize(self, _unregister_all, pinned)
