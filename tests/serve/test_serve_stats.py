@@ -165,3 +165,26 @@ def test_statistics_memory_is_bounded_over_100k_decode_steps():
     gaps = [0.02 + 0.01 * (step % 7) for step in range(2, 100_001)]
     assert abs(s["serve/tpot_ms_p50"] / 1e3 - _percentile(gaps, 50)) / _percentile(gaps, 50) < 0.01
     assert abs(transfer.critical_copy_s - 100.0) < 1e-6
+
+
+def test_prefill_copies_are_not_decode_copy_time():
+    """The prompt's last position starts option {4..7} of which it routes only k = 2: the other two are filled
+    in the background during the prefill. That is prefill traffic: not timed as decode copies."""
+    model = tiny_model("gpt_oss")
+    handle = temoe.wrap(model)
+    L, N = handle.num_layers, handle.num_experts
+
+    def fn(i, hidden):
+        mask = torch.zeros(*hidden.shape[:2], N, dtype=torch.bool)
+        mask[..., 4:] = True
+        mask[:, :-1] = False
+        mask[:, :-1, :2] = True  # earlier prompt positions route among {0, 1}
+        return mask
+
+    engine = OffloadEngine(handle, make_policy("option", L, N, expert_budget=6))
+    list(decode_steps(engine, torch.tensor([[5, 9]]), 6, masks=fn))
+    engine.release(0)
+    t = engine.transfer
+    assert t.loads_prefill == L * 6 and t.loads_critical == t.loads_background == 0  # 2 + 2 routed, 2 filled
+    assert t.copy_s == 0.0 and engine.summary()["serve/copy_ms_per_token"] == 0.0
+    engine.detach()

@@ -198,7 +198,7 @@ class ExpertMover:
         if streams is None and device.type == "cuda":
             streams = CudaStreams(device)
         self.streams = streams
-        self._deferred: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._deferred: dict[int, list[tuple[list, bool]]] = {}  # layer -> [(pairs, timed)] (no streams)
 
     def load(
         self,
@@ -221,7 +221,7 @@ class ExpertMover:
         pairs = [(bank.rows[s], host[e]) for e, s in zip(experts, slots)]
         setattr(self.stats, f"loads_{kind}", getattr(self.stats, f"loads_{kind}") + len(experts))
         if background:
-            self._background(layer, bank, slots, pairs)
+            self._background(layer, bank, slots, pairs, timed=kind == "background")
         else:
             self.before_compute(bank, slots)  # a pending side-stream copy into the slot must land first
             self._foreground(pairs, timed=kind == "critical")
@@ -235,41 +235,39 @@ class ExpertMover:
         self.stats.d2d_copies += 1
 
     def _foreground(self, pairs, timed: bool) -> None:
-        if self.streams is not None:
-            self._timed_copy(pairs, self.streams.compute(), critical=True if timed else None)
-            return
-        t0 = time.perf_counter()
-        for dst, src in pairs:
-            dst.copy_(src)
-        if timed:
-            self.stats.add_interval(t0, time.perf_counter(), critical=True)
-
-    def _timed_copy(self, pairs, stream, critical: bool | None) -> None:
-        """Copies on `stream`, bracketed by timing events when `critical` is not None (decode traffic)."""
+        """On the compute stream (streams) or at once (CPU); `timed`: critical decode copies (the stall)."""
         st = self.streams
-        if critical is None:
-            st.copy(pairs, stream)
-            return None
+        if st is None:
+            t0 = time.perf_counter()
+            for dst, src in pairs:
+                dst.copy_(src)
+            if timed:
+                self.stats.add_interval(t0, time.perf_counter(), critical=True)
+            return
+        if not timed:
+            st.copy(pairs, st.compute())
+            return
         start, end = st.event(timing=True), st.event(timing=True)
-        st.record(start, stream)
-        st.copy(pairs, stream)
-        st.record(end, stream)
-        self.stats.add_events(start, end, critical)
-        return end
+        st.record(start, st.compute())
+        st.copy(pairs, st.compute())
+        st.record(end, st.compute())
+        self.stats.add_events(start, end, critical=True)
 
-    def _background(self, layer: int, bank: SlotBank, slots: list[int], pairs) -> None:
+    def _background(self, layer: int, bank: SlotBank, slots: list[int], pairs, timed: bool) -> None:
+        """Off the critical path; `timed`: decode traffic (prefill's background fill is not timed)."""
         if self.streams is None:
-            self._deferred.setdefault(layer, []).extend(pairs)
+            self._deferred.setdefault(layer, []).append((pairs, timed))
             return
         st = self.streams
         gate = st.event()
         st.record(gate, st.compute())  # after the critical copies and every computation issued so far
         st.wait(st.side, gate)
-        start, end = st.event(timing=True), st.event(timing=True)
+        start, end = st.event(timing=timed), st.event(timing=timed)
         st.record(start, st.side)
         st.copy(pairs, st.side)
         st.record(end, st.side)
-        self.stats.add_events(start, end, critical=False)
+        if timed:
+            self.stats.add_events(start, end, critical=False)
         for s in slots:
             bank.pending[s] = end
 
@@ -282,13 +280,12 @@ class ExpertMover:
 
     def after_compute(self, layer: int) -> None:
         """The layer's computation is issued: without streams, run the queued background copies now."""
-        pairs = self._deferred.pop(layer, [])
-        if not pairs:
-            return
-        t0 = time.perf_counter()
-        for dst, src in pairs:
-            dst.copy_(src)
-        self.stats.add_interval(t0, time.perf_counter(), critical=False)
+        for pairs, timed in self._deferred.pop(layer, []):
+            t0 = time.perf_counter()
+            for dst, src in pairs:
+                dst.copy_(src)
+            if timed:
+                self.stats.add_interval(t0, time.perf_counter(), critical=False)
 
 
 def measure_h2d_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float | None:
