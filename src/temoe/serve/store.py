@@ -105,9 +105,12 @@ class HostExpertStore:
         self.rows: list[torch.Tensor] = []
         self.pinned_bytes = 0
         for module in experts:
-            rows = torch.empty(num_experts, self.layout.row_numel, dtype=self.layout.dtype)
+            shape = (num_experts, self.layout.row_numel)
             if device.type == "cuda":
+                rows = _page_aligned_empty(shape, self.layout.dtype)
                 self.pinned_bytes += _register(rows)
+            else:
+                rows = torch.empty(shape, dtype=self.layout.dtype)
             views = self.layout.views(rows)
             with torch.no_grad():
                 for name in self.layout.names:
@@ -135,6 +138,17 @@ class HostExpertStore:
         """The full (N, *shape) parameter `name` of `layer` as a new contiguous host tensor (for
         detaching)."""
         return self.layout.views(self.rows[layer])[name].contiguous()
+
+
+_PAGE = 4096
+
+
+def _page_aligned_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised host tensor starting on a page boundary (what page-locking in place works on)."""
+    nbytes = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(nbytes + _PAGE, dtype=torch.uint8)
+    offset = -raw.data_ptr() % _PAGE
+    return raw[offset : offset + nbytes].view(dtype).view(shape)
 
 
 def _register(block: torch.Tensor) -> int:
