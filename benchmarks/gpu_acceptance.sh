@@ -74,7 +74,7 @@ step pytest_gpu 120 "import sys, pytest; sys.exit(pytest.main(['--collect-only',
   "$PY" -m pytest -q -m gpu tests/moe tests/serve -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml" -rA
 
 step ladder_tiny 60 "$PARSE" -- \
-  "$PY" -m temoe.cli.main bench serve --model tiny-random:gpt_oss --device cuda --max-new-tokens 32 \
+  "$PY" -m temoe.cli.main bench serve --model tiny-random:gpt_oss --dtype bfloat16 --device cuda --max-new-tokens 32 \
   --json "$OUT/ladder_tiny.json"
 
 step ladder_20b 240 "$PARSE; from temoe.serve.models import gpt_oss_20b_config; gpt_oss_20b_config()" -- \
