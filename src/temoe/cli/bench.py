@@ -47,6 +47,12 @@ def register(sub) -> None:
     group.add_argument("--checkpoint", help="trained controller checkpoint: option rows use it")
     s.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     s.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="weights dtype (default: the model's own; tiny-random:* is float32, which transformers' "
+        "grouped_mm experts kernel does not take on CUDA: pass bfloat16 there)",
+    )
+    s.add_argument(
         "--sim-bandwidth-gbps",
         type=float,
         default=54.0,
@@ -81,7 +87,8 @@ def run(args) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     prompts = _read_prompts(args.prompts, args.max_prompts)
-    model, tokenizer = load_for_serving(args.model, device, num_layers=args.num_layers)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model, tokenizer = load_for_serving(args.model, device, num_layers=args.num_layers, dtype=dtype)
     controller = None
     if args.checkpoint:
         from temoe.train.checkpoint import load_for_inference
@@ -103,11 +110,9 @@ def run(args) -> int:
         seed=args.seed,
     )
     result["environment"]["model"] = args.model
+    shown = ("model", "num_layers", "dtype", "k_hat", "max_new_tokens", "switch_rate_target", "checkpoint")
     result["environment"]["command"] = "temoe bench serve " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k in ("model", "num_layers", "k_hat", "max_new_tokens", "switch_rate_target", "checkpoint")
-        and v is not None
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v is not None
     )
     print(format_table(result))
     if args.json:

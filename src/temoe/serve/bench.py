@@ -5,6 +5,7 @@ rung with the PCIe lower bound (decode bytes moved / H2D bandwidth) beside the m
 
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -69,7 +70,12 @@ def _run_rung(
         row.update(engine.memory_report(engine.last_cache))
     finally:
         engine.detach(restore_weights=False)
-    return row, engine.store
+    store = engine.store
+    del engine  # free this rung's slot banks before the next rung allocates its own
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+    return row, store
 
 
 def run_ladder(

@@ -5,6 +5,12 @@ The wrapper remaps the router's expert ids to slot ids and calls the experts mod
 `experts_implementation` is configured) on a compact copy whose parameters are the slot buffers, so every
 architecture's math (gpt_oss interleaved gate/up + bias + clamped gate; concatenated `[N,2I,H]` layouts) is
 reused unchanged. Which experts are resident is decided by a `ResidencyPolicy`; bytes are moved by the store.
+
+Host reads per MoE layer and decode call: one small device tensor (N,) of per-expert flags (routed, in the
+option, routed at the last position), from which the host plans; the id -> slot remap, the residency flags and
+the option masks stay on the device. Expert weights are served in the floating dtype the model was loaded in
+(bf16 for gpt-oss checkpoints, whose MXFP4 experts `temoe.load_model` dequantises); quantised expert
+parameters are refused.
 """
 
 from __future__ import annotations
@@ -55,9 +61,9 @@ def _compact(base: nn.Module, bank: SlotBank, num_rows: int) -> nn.Module:
     return module
 
 
-def _as_mask_fn(masks, num_layers: int) -> MaskFn:
+def _as_mask_fn(masks, num_layers: int, top_k: int, device: torch.device) -> MaskFn:
     """Static (L, N) or per-sequence (B, L, N) bool masks as a MaskFn: fn(i, hidden (B, S, H)) ->
-    (B, S, N)."""
+    (B, S, N). The masks are checked (every row allows >= k experts) and uploaded to `device` once, here."""
     if callable(masks):
         return masks
     if masks.dtype != torch.bool or masks.dim() not in (2, 3) or masks.shape[-2] != num_layers:
@@ -65,12 +71,17 @@ def _as_mask_fn(masks, num_layers: int) -> MaskFn:
             f"masks must be a bool tensor (L={num_layers}, N) or (B, L, N) or a MaskFn, "
             f"got {tuple(masks.shape)} {masks.dtype}"
         )
+    low = int(masks.sum(-1).min())
+    if low < top_k:
+        raise ValueError(f"masks allow only {low} experts in some row; every row must allow >= k={top_k}")
+    on_device = masks.to(device)
 
     def fn(i: int, hidden: torch.Tensor) -> torch.Tensor:
         B, S = hidden.shape[0], hidden.shape[1]
-        m = masks[i] if masks.dim() == 2 else masks[:, i]  # (N,) or (B, N)
-        return m.to(hidden.device).reshape(-1, 1, m.shape[-1]).expand(B, S, -1)
+        m = on_device[i] if on_device.dim() == 2 else on_device[:, i]  # (N,) or (B, N)
+        return m.reshape(-1, 1, m.shape[-1]).expand(B, S, -1)
 
+    fn.temoe_counts_checked = True  # checked above, once
     return fn
 
 
@@ -113,6 +124,7 @@ class OffloadEngine:
         self.transfer = TransferStats()
         self.routing = RoutingStats(self.num_layers)
         bases = list(handle.experts)
+        _check_float_experts(bases)
         # A store from a previous engine on this handle (detached with restore_weights=False) is reused: the
         # bench ladder packs the experts once instead of once per rung.
         self.store = store or HostExpertStore(bases, self.num_experts, self.device)
@@ -124,8 +136,12 @@ class OffloadEngine:
             for base in bases:
                 for name in layout.names:
                     getattr(base, name).data = torch.empty(0, dtype=layout.dtype, device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the freed expert weights back before the slots are allocated
         model.to(self.device)
-        self.tables = [SlotTable(self.num_experts, policy.num_slots) for _ in range(self.num_layers)]
+        self.tables = [
+            SlotTable(self.num_experts, policy.num_slots, self.device) for _ in range(self.num_layers)
+        ]
         self.banks = [SlotBank(layout, policy.num_slots, self.device) for _ in range(self.num_layers)]
         self._compacts = [_compact(b, bank, policy.num_slots) for b, bank in zip(bases, self.banks)]
         self._staging: SlotBank | None = None
@@ -144,6 +160,8 @@ class OffloadEngine:
         self._prefill = False
         self._batch_shape: tuple[int, int] | None = None
         self._last_option: dict[tuple[int, int], set[int]] = {}
+        self._option_dev: list[torch.Tensor | None] = [None] * self.num_layers  # this call's option (N,)
+        self._stream_masks: dict[int, tuple[object, MaskFn]] = {}  # stream -> (masks given, device MaskFn)
         self.decode_tokens = 0
         self.last_cache = None  # KV cache of the latest decode_steps call (for the memory report)
 
@@ -163,22 +181,37 @@ class OffloadEngine:
                 "for the base router"
             )
         self._stream, self._prefill, self._batch_shape = stream, prefill, batch_shape
+        self._option_dev = [None] * self.num_layers
         if masks is None:
             yield
             return
-        inner = _as_mask_fn(masks, self.num_layers)
+        inner = self._mask_fn(stream, masks)
 
         def recording(i: int, hidden: torch.Tensor) -> torch.Tensor:
             allowed = inner(i, hidden)  # (B, S, N) bool
-            self._record_option(i, allowed[:, -1].any(0))  # the option in force after this call
+            self._option_dev[i] = allowed[:, -1].any(0)  # (N,) the option in force after this call
             return allowed
 
+        # A mask fn that guarantees its row counts (controllers, synthetic options, checked tensors) spares
+        # the handle its per-call count check, a host read per layer and token.
+        recording.temoe_counts_checked = getattr(inner, "temoe_counts_checked", False)
         with self.handle.restrict(recording):
             yield
+
+    def _mask_fn(self, stream: int, masks) -> MaskFn:
+        """`masks` as a MaskFn on the engine's device; a tensor is checked and uploaded once per stream."""
+        cached = self._stream_masks.get(stream)
+        if cached is None or cached[0] is not masks:
+            cached = self._stream_masks[stream] = (
+                masks,
+                _as_mask_fn(masks, self.num_layers, self.top_k, self.device),
+            )
+        return cached[1]
 
     def release(self, stream: int) -> None:
         """A request finished: drop its options (its experts become evictable)."""
         self.policy.release(stream)
+        self._stream_masks.pop(stream, None)
         for key in [k for k in self._last_option if k[0] == stream]:
             del self._last_option[key]
 
@@ -209,7 +242,7 @@ class OffloadEngine:
             "serve/vram_staging_bytes": self._staging.nbytes if self._staging is not None else 0,
             "serve/vram_kv_cache_bytes": cache_bytes(cache) if cache is not None else 0,
             "serve/host_store_bytes": self.store.nbytes,
-            "serve/pinned_host_bytes": self.store.nbytes if self.store.pinned else 0,
+            "serve/pinned_host_bytes": self.store.pinned_bytes,
             "serve/expert_slots_per_layer": self.policy.num_slots,
             "serve/resident_expert_fraction": self.policy.num_slots / self.num_experts,
             "serve/device_tier": "cuda" if self.device.type == "cuda" else "simulated (cpu)",
@@ -228,8 +261,7 @@ class OffloadEngine:
         )
 
     # ------------------------------------------------------------------------------------------ internals
-    def _record_option(self, layer: int, allowed: torch.Tensor) -> None:
-        option = set(allowed.nonzero().flatten().tolist())
+    def _record_option(self, layer: int, option: set[int]) -> None:
         self.policy.set_options(self._stream, layer, option)
         key = (self._stream, layer)
         prev = self._last_option.get(key)
@@ -237,8 +269,28 @@ class OffloadEngine:
             self.routing.option_steps += 1
             if option != prev:
                 self.routing.switches += 1
-                self.routing.replaced.append(len(option - prev))
+                self.routing.replaced_total += len(option - prev)
         self._last_option[key] = option
+
+    def _read_flags(self, layer: int, top_k_index: torch.Tensor) -> tuple[set, set, set | None]:
+        """The one host read of a layer call: (routed, routed at the last position, option or None).
+
+        top_k_index (T, k) with T = B*S. Flags (N,) int8 on the device: bit 0 routed anywhere, bit 1 routed at
+        a row's last position, bit 2 in the option recorded by the mask fn this call.
+        """
+        B, S = self._batch_shape
+        flags = torch.zeros(self.num_experts, dtype=torch.int8, device=top_k_index.device)
+        flags.index_fill_(0, top_k_index.reshape(-1), 1)
+        last = top_k_index.view(B, S, -1)[:, -1].reshape(-1)  # (B*k,)
+        flags.index_fill_(0, last, 3)
+        option = self._option_dev[layer]
+        if option is not None:
+            flags |= option.to(torch.int8) << 2
+        values = flags.tolist()  # the single device -> host read of this layer call
+        routed = {e for e, f in enumerate(values) if f & 1}
+        at_last = {e for e, f in enumerate(values) if f & 2}
+        in_option = {e for e, f in enumerate(values) if f & 4} if option is not None else None
+        return routed, at_last, in_option
 
     def _run(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -246,18 +298,23 @@ class OffloadEngine:
         """Expert computation of `layer` for hidden (T, H), ids and weights (T, k), reading only
         device slots."""
         table, bank = self.tables[layer], self.banks[layer]
-        routed = set(top_k_index.unique().tolist())  # one host sync per layer: the policy decides on the host
+        if isinstance(self.policy, FullPolicy):  # every expert resident: nothing to plan, nothing to read
+            return self._compacts[layer].forward(hidden, table.slot_dev[top_k_index], top_k_weights)
+        routed, at_last, option = self._read_flags(layer, top_k_index)
+        if option is not None:
+            self._record_option(layer, option)
         resident = table.resident()
         try:
             plan = self.policy.plan(layer, routed, resident, self._stream)
         except ResidencyOverflow:
             if not self._prefill:
                 raise
-            return self._run_staged(layer, hidden, top_k_index, top_k_weights)
+            return self._run_staged(layer, hidden, top_k_index, top_k_weights, routed, at_last)
         if not self._prefill:
             self.routing.hits += len(routed & resident)
             self.routing.misses += len(routed - resident)
-            self.routing.union_sizes.append(len(plan.keep))
+            self.routing.union_size_total += len(plan.keep)
+            self.routing.plan_calls += 1
         self._load(
             layer, plan.critical, plan.keep, "prefill" if self._prefill else "critical", background=False
         )
@@ -265,8 +322,8 @@ class OffloadEngine:
             layer, plan.background, plan.keep, "prefill" if self._prefill else "background", background=True
         )
         table.touch(routed)
-        self.mover.before_compute(bank, [int(table.slot_of[e]) for e in routed])
-        out = self._compacts[layer].forward(hidden, table.lookup(top_k_index), top_k_weights)
+        self.mover.before_compute(bank, [table.slot_of[e] for e in routed])
+        out = self._compacts[layer].forward(hidden, table.lookup(top_k_index, routed), top_k_weights)
         self.mover.after_compute(layer)
         return out
 
@@ -281,7 +338,7 @@ class OffloadEngine:
             slots.append(slot)
         self.mover.load(layer, experts, self.banks[layer], slots, kind, background=background)
 
-    def _run_staged(self, layer, hidden, top_k_index, top_k_weights):
+    def _run_staged(self, layer, hidden, top_k_index, top_k_weights, routed: set[int], last: set[int]):
         """Prefill through the N-row staging bank (identity ids), then seat the last position's experts."""
         if self._staging is None:
             self._staging = SlotBank(self.store.layout, self.num_experts, self.device)
@@ -289,17 +346,15 @@ class OffloadEngine:
                 _compact(w.base_layer, self._staging, self.num_experts) for _, _, w in self._wrappers
             ]
         table, bank, staging = self.tables[layer], self.banks[layer], self._staging
-        routed = sorted(set(top_k_index.unique().tolist()))
-        from_host = [e for e in routed if not table.is_resident(e)]
-        for e in routed:
+        ordered = sorted(routed)
+        from_host = [e for e in ordered if not table.is_resident(e)]
+        for e in ordered:
             if table.is_resident(e):
-                slot = int(table.slot_of[e])
+                slot = table.slot_of[e]
                 self.mover.before_compute(bank, [slot])
                 self.mover.copy_device(staging.rows[e], bank.rows[slot])
         self.mover.load(layer, from_host, staging, from_host, "prefill")
         out = self._staging_compacts[layer].forward(hidden, top_k_index, top_k_weights)
-        B, S = self._batch_shape
-        last = set(top_k_index.view(B, S, -1)[:, -1].unique().tolist())
         plan = self.policy.plan(layer, last, table.resident(), self._stream)
         for e in plan.critical + plan.background:
             slot, victim = table.allocate(e, plan.keep)
@@ -310,7 +365,21 @@ class OffloadEngine:
             else:
                 self.mover.load(layer, [e], bank, [slot], "prefill")
         table.touch(last)
+        self.mover.after_compute(layer)
         return out
+
+
+def _check_float_experts(bases: list[nn.Module]) -> None:
+    """The engine packs and serves floating-point expert weights; quantised ones (native MXFP4) are
+    refused."""
+    for base in bases:
+        for name, p in base.named_parameters(recurse=False):
+            if not p.dtype.is_floating_point:
+                raise ValueError(
+                    f"expert parameter {name} of {type(base).__name__} has dtype {p.dtype}: the offloading "
+                    "engine serves floating-point experts; load gpt-oss dequantised to bf16 "
+                    "(temoe.load_model does) instead of in native MXFP4"
+                )
 
 
 def cache_bytes(cache) -> int:

@@ -67,7 +67,7 @@ def decode_steps(
         if step > 0:
             engine.decode_tokens += 1
         engine.last_cache = cache
-        token = int(x)
+        token = int(x)  # the one host read of a decode step outside the MoE layers; the stop check uses it
         yield token
         if eos_token_id is not None and token == eos_token_id:
             return

@@ -1,8 +1,9 @@
 """Slot table of one MoE layer: which expert id lives in which device slot (the id -> slot indirection).
 
-Pure bookkeeping, no tensors moved here. Invariants (checked by `check()` and the tests): at most `num_slots`
-experts resident, the two maps are inverse of each other, and an expert pinned for the current step is never
-evicted.
+Bookkeeping on the host (Python lists), mirrored into two small device tensors updated in place (scalar
+writes, no host read) so the per-call remap and the residency flags never leave the device. Invariants
+(checked by `check()` and the tests): at most `num_slots` experts resident, the two maps are inverse of each
+other and equal their device copies, and an expert pinned for the current step is never evicted.
 """
 
 from __future__ import annotations
@@ -13,33 +14,35 @@ import torch
 class SlotTable:
     """id -> slot map for one layer with `num_slots` device slots for `num_experts` experts.
 
-    `slot_of` (N,) int64 is -1 for experts not resident; it is what the engine indexes to remap the router's
-    expert ids (B*S, k) to slot ids. `last_used` is a logical clock per slot used to choose victims (least
-    recently used first) among the experts the policy allows to evict.
+    `slot_of` (host list of N ints) is -1 for experts not resident. `slot_dev` (N,) int64 is the same map on
+    `device`, what the engine indexes to remap the router's expert ids (B*S, k) to slot ids; `resident_dev`
+    (N,) bool flags the resident experts there. `last_used` is a logical clock per slot used to choose
+    victims (least recently used first) among the experts the policy allows to evict.
     """
 
-    def __init__(self, num_experts: int, num_slots: int):
+    def __init__(self, num_experts: int, num_slots: int, device: torch.device | str = "cpu"):
         if not 1 <= num_slots <= num_experts:
             raise ValueError(f"num_slots must be in [1, {num_experts}], got {num_slots}")
         self.num_experts = num_experts
         self.num_slots = num_slots
-        self.slot_of = torch.full((num_experts,), -1, dtype=torch.long)
+        self.slot_of = [-1] * num_experts
         self.expert_in = [-1] * num_slots
         self.last_used = [0] * num_slots
         self._clock = 0
-        self._on_device: torch.Tensor | None = None  # cached copy of slot_of where the ids live (CUDA)
+        self.slot_dev = torch.full((num_experts,), -1, dtype=torch.long, device=device)
+        self.resident_dev = torch.zeros(num_experts, dtype=torch.bool, device=device)
 
     def resident(self) -> set[int]:
         return {e for e in self.expert_in if e >= 0}
 
     def is_resident(self, expert: int) -> bool:
-        return int(self.slot_of[expert]) >= 0
+        return self.slot_of[expert] >= 0
 
     def touch(self, experts) -> None:
         """Mark `experts` (all resident) as used now."""
         self._clock += 1
         for e in experts:
-            self.last_used[int(self.slot_of[e])] = self._clock
+            self.last_used[self.slot_of[e]] = self._clock
 
     def allocate(self, expert: int, keep: set[int]) -> tuple[int, int]:
         """Give `expert` (not resident) a slot: a free one, else evict the least recently used
@@ -62,26 +65,29 @@ class SlotTable:
             slot = min(candidates, key=lambda s: self.last_used[s])
             victim = self.expert_in[slot]
             self.slot_of[victim] = -1
+            self.slot_dev[victim] = -1  # a scalar fill on the device: no host read
+            self.resident_dev[victim] = False
         self.expert_in[slot] = expert
         self.slot_of[expert] = slot
-        self._on_device = None
+        self.slot_dev[expert] = slot
+        self.resident_dev[expert] = True
         self._clock += 1
         self.last_used[slot] = self._clock
         return slot, victim
 
-    def lookup(self, expert_ids: torch.Tensor) -> torch.Tensor:
-        """Map expert ids (any shape, int64) to slot ids; raises loudly if any routed expert is not
-        resident."""
-        if self._on_device is None or self._on_device.device != expert_ids.device:
-            self._on_device = self.slot_of.to(expert_ids.device)
-        slots = self._on_device[expert_ids]
-        if bool((slots < 0).any()):
-            missing = sorted({int(e) for e in expert_ids[slots < 0].unique()})
+    def lookup(self, expert_ids: torch.Tensor, routed: set[int] | None = None) -> torch.Tensor:
+        """Map expert ids (any shape, int64, on the table's device) to slot ids; raises loudly if any routed
+        expert is not resident. `routed`: the ids' distinct values if the caller already knows them on the
+        host (the engine does): the check then reads nothing from the device."""
+        if routed is None:
+            routed = set(expert_ids.unique().tolist())  # a device read: the engine passes `routed` instead
+        missing = sorted(e for e in routed if self.slot_of[e] < 0)
+        if missing:
             raise RuntimeError(
                 f"routed experts {missing} are not resident (resident: {sorted(self.resident())}); "
                 "the routing mask and the residency policy disagree"
             )
-        return slots
+        return self.slot_dev[expert_ids]
 
     def check(self) -> None:
         """Assert the internal invariants (tests call this after every step)."""
@@ -89,5 +95,7 @@ class SlotTable:
         assert len(resident) == len(set(resident)) <= self.num_slots
         for s, e in enumerate(self.expert_in):
             if e >= 0:
-                assert int(self.slot_of[e]) == s
-        assert int((self.slot_of >= 0).sum()) == len(resident)
+                assert self.slot_of[e] == s
+        assert sum(s >= 0 for s in self.slot_of) == len(resident)
+        assert self.slot_dev.tolist() == self.slot_of
+        assert self.resident_dev.tolist() == [s >= 0 for s in self.slot_of]

@@ -1,16 +1,84 @@
 """Serving statistics: counters the engine and store update, turned into one flat dict of `serve/*` metrics.
 
-Every metric is explained in docs/serving.md §Statistics. Times are wall clock (CUDA: CUDA events for copies,
-resolved at `summary()`); on CPU the device tier is simulated, so copy times there are memcpy times, and a
-`sim_bandwidth_gbps` gives the PCIe-bound estimate `serve/pcie_bound_ms_per_token` (bytes moved / bandwidth).
+Every metric is explained in docs/serving.md §Statistics. Everything is aggregated as it arrives (running
+sums, a merged-interval window, a fixed-size latency histogram), so a server running for days holds a bounded
+amount of state. Times are wall clock (CUDA: CUDA events for copies, folded in once they complete); on CPU the
+device tier is simulated, so copy times there are memcpy times, and a `sim_bandwidth_gbps` gives the
+PCIe-bound estimate `serve/pcie_bound_ms_per_token` (bytes moved / bandwidth).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+
+
+class LatencySketch:
+    """Fixed-size log-bucketed histogram of positive durations (seconds): quantiles within `rel_err`.
+
+    Buckets are geometric with ratio (1 + rel_err)^2 from `lo` to `hi`; a quantile returns the geometric
+    middle of its bucket, so its relative error is at most `rel_err`. Values outside [lo, hi] are clamped.
+    """
+
+    def __init__(self, lo: float = 1e-6, hi: float = 1e4, rel_err: float = 0.01):
+        self.lo, self.ratio = lo, (1 + rel_err) ** 2
+        self.counts = [0] * (math.ceil(math.log(hi / lo) / math.log(self.ratio)) + 1)
+        self.n = 0
+        self.total = 0.0
+
+    def add(self, x: float) -> None:
+        b = 0 if x <= self.lo else int(math.log(x / self.lo) / math.log(self.ratio))
+        b = min(b, len(self.counts) - 1)
+        self.counts[b] += 1
+        self.n += 1
+        self.total += x
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile (q in [0, 1], nearest rank: the ceil(q n)-th smallest value); nan when empty."""
+        if self.n == 0:
+            return float("nan")
+        rank, seen = max(1, math.ceil(q * self.n)), 0
+        for b, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return self.lo * self.ratio ** (b + 0.5)
+        return self.lo * self.ratio ** (len(self.counts) - 0.5)
+
+
+class IntervalUnion:
+    """Length of the union of time intervals that arrive roughly in start order (copies on two streams).
+
+    A window of the `window` most recent merged intervals absorbs out-of-order arrivals; older ones are
+    summed into `closed`. An interval that starts before the window is merged with the window only (the two
+    streams are never that far apart in practice).
+    """
+
+    def __init__(self, window: int = 64):
+        self.window = window
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.closed = 0.0
+
+    def add(self, start: float, end: float) -> None:
+        i = bisect.bisect_left(self.starts, start)
+        if i > 0 and self.ends[i - 1] >= start:  # overlaps its left neighbour: merge into it
+            i -= 1
+            start = self.starts[i]
+        j = i
+        while j < len(self.starts) and self.starts[j] <= end:  # swallow every interval it reaches
+            end = max(end, self.ends[j])
+            j += 1
+        self.starts[i:j], self.ends[i:j] = [start], [end]
+        while len(self.starts) > self.window:
+            self.closed += self.ends.pop(0) - self.starts.pop(0)
+
+    def total(self) -> float:
+        return self.closed + sum(e - s for s, e in zip(self.starts, self.ends))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -19,9 +87,17 @@ def _percentile(values: list[float], q: float) -> float:
     return float(torch.tensor(values, dtype=torch.float64).quantile(q / 100.0))
 
 
+#: Copy event pairs not yet folded in are kept until they complete; past this many the oldest is waited for.
+MAX_PENDING_EVENTS = 4096
+
+
 @dataclass
 class TransferStats:
-    """Byte and load counters of the store (mechanism). One expert load copies `expert_bytes` bytes."""
+    """Byte and load counters of the store (mechanism). One expert load copies `expert_bytes` bytes.
+
+    Copy time of decode loads is the union of their intervals across streams (`copy_s`), so bytes / copy time
+    cannot exceed the link's bandwidth; `critical_copy_s` sums the critical copies alone (the stall).
+    """
 
     expert_bytes: int = 0
     loads_critical: int = 0  # expert loads the computation waited for (decode misses, switch-needed experts)
@@ -30,10 +106,10 @@ class TransferStats:
     loads_initial: int = 0  # loads at attach (full / static residency)
     d2d_copies: int = 0  # slot <- staging or staging <- slot copies (device-local, not PCIe)
     evictions: int = 0
-    critical_copy_s: float = 0.0  # CPU: wall time of critical copies (the stall); CUDA: filled from events
-    background_copy_s: float = 0.0
-    cuda_critical_events: list = field(default_factory=list)
-    cuda_background_events: list = field(default_factory=list)
+    critical_copy_s: float = 0.0  # critical copies (one stream: they never overlap, so the sum is the union)
+    copy_union: IntervalUnion = field(default_factory=IntervalUnion)  # critical + background decode copies
+    _pending: deque = field(default_factory=deque)  # CUDA (start, end, critical) events not yet complete
+    _origin: object = None  # the first CUDA start event: time zero for intervals on every stream
 
     @property
     def h2d_loads(self) -> int:
@@ -43,54 +119,84 @@ class TransferStats:
     def h2d_bytes(self) -> int:
         return self.h2d_loads * self.expert_bytes
 
-    def resolve_cuda(self) -> None:
-        """Turn recorded CUDA event pairs into seconds (synchronises once)."""
-        if not (self.cuda_critical_events or self.cuda_background_events):
-            return
-        torch.cuda.synchronize()
-        self.critical_copy_s += sum(a.elapsed_time(b) for a, b in self.cuda_critical_events) / 1e3
-        self.background_copy_s += sum(a.elapsed_time(b) for a, b in self.cuda_background_events) / 1e3
-        self.cuda_critical_events.clear()
-        self.cuda_background_events.clear()
+    @property
+    def copy_s(self) -> float:
+        """Seconds during which at least one decode copy was in flight."""
+        return self.copy_union.total()
+
+    def add_interval(self, start: float, end: float, critical: bool) -> None:
+        """A decode copy ran from `start` to `end` (seconds on one clock)."""
+        if critical:
+            self.critical_copy_s += end - start
+        self.copy_union.add(start, end)
+
+    def add_events(self, start, end, critical: bool) -> None:
+        """A decode copy bracketed by two timing events (`torch.cuda.Event` API: query, elapsed_time,
+        synchronize); folded in once complete, without waiting unless `MAX_PENDING_EVENTS` are in flight."""
+        if self._origin is None:
+            self._origin = start
+        self._pending.append((start, end, critical))
+        self.fold_events(wait_oldest=len(self._pending) > MAX_PENDING_EVENTS)
+
+    def fold_events(self, wait_oldest: bool = False, wait_all: bool = False) -> None:
+        """Turn completed event pairs into intervals (ms since the origin event -> seconds)."""
+        while self._pending:
+            start, end, critical = self._pending[0]
+            if wait_all or wait_oldest:
+                end.synchronize()
+                self._origin.synchronize()  # on another stream it may still be pending
+                wait_oldest = False
+            elif not (end.query() and self._origin.query()):
+                return
+            self._pending.popleft()
+            self.add_interval(self._origin.elapsed_time(start) / 1e3, self._origin.elapsed_time(end) / 1e3,
+                              critical)
 
 
 @dataclass
 class RoutingStats:
-    """Per-layer behaviour counters (policy side), updated on decode calls."""
+    """Per-layer behaviour counters (policy side), updated on decode calls; running sums only."""
 
     num_layers: int
-    decode_calls: int = 0  # decode forward calls seen per layer (tokens × layers / L)
     hits: int = 0  # routed (expert, layer) pairs already resident at decode
     misses: int = 0  # routed pairs that had to be loaded on the critical path
     switches: int = 0  # (stream, layer, step) with option != previous option
     option_steps: int = 0  # (stream, layer, step) with a previous option to compare against
-    replaced: list[int] = field(default_factory=list)  # experts in the new option not in the old, per switch
-    union_sizes: list[int] = field(default_factory=list)  # resident-set target size per (layer, call)
+    replaced_total: int = 0  # experts in the new option not in the old, summed over switches
+    union_size_total: int = 0  # resident-set target size, summed over (layer, call)
+    plan_calls: int = 0  # (layer, decode call) pairs planned
 
 
-@dataclass
 class TokenTimer:
-    """Wall-clock timestamps of one generation: start, first token, every later token."""
+    """Wall-clock timing of one generation: start, first token, last token, and a sketch of the gaps."""
 
-    start: float = field(default_factory=time.perf_counter)
-    token_times: list[float] = field(default_factory=list)
-    prompt_tokens: int = 0
+    def __init__(self, start: float | None = None, prompt_tokens: int = 0):
+        self.start = time.perf_counter() if start is None else start
+        self.prompt_tokens = prompt_tokens
+        self.first: float | None = None
+        self.last: float | None = None
+        self.tokens = 0
+        self.gaps = LatencySketch()
 
-    def token(self) -> None:
-        self.token_times.append(time.perf_counter())
+    def token(self, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        if self.last is None:
+            self.first = now
+        else:
+            self.gaps.add(now - self.last)
+        self.last = now
+        self.tokens += 1
 
     def summary(self) -> dict:
-        out: dict = {"serve/prompt_tokens": self.prompt_tokens, "serve/new_tokens": len(self.token_times)}
-        if not self.token_times:
+        out: dict = {"serve/prompt_tokens": self.prompt_tokens, "serve/new_tokens": self.tokens}
+        if self.first is None:
             return out
-        out["serve/ttft_ms"] = (self.token_times[0] - self.start) * 1e3
-        gaps = [b - a for a, b in zip(self.token_times, self.token_times[1:])]
-        if gaps:
-            total = self.token_times[-1] - self.token_times[0]
-            out["serve/decode_tokens_per_s"] = len(gaps) / total if total > 0 else float("inf")
-            out["serve/tpot_ms_p50"] = _percentile(gaps, 50) * 1e3
-            out["serve/tpot_ms_p90"] = _percentile(gaps, 90) * 1e3
-            out["serve/tpot_ms_p99"] = _percentile(gaps, 99) * 1e3
+        out["serve/ttft_ms"] = (self.first - self.start) * 1e3
+        if self.tokens > 1:
+            total = self.last - self.first
+            out["serve/decode_tokens_per_s"] = (self.tokens - 1) / total if total > 0 else float("inf")
+            for q in (50, 90, 99):
+                out[f"serve/tpot_ms_p{q}"] = self.gaps.quantile(q / 100) * 1e3
         return out
 
 
@@ -103,11 +209,11 @@ def engine_summary(
     measured_bandwidth_gbps: float | None,
 ) -> dict:
     """Transfer and routing metrics; per-token quantities divide by `decode_tokens` (generated tokens − 1)."""
-    transfer.resolve_cuda()
+    transfer.fold_events(wait_all=True)
     per_tok = max(decode_tokens, 1)
     decode_loads = transfer.loads_critical + transfer.loads_background
     decode_bytes = decode_loads * transfer.expert_bytes
-    copy_s = transfer.critical_copy_s + transfer.background_copy_s
+    copy_s = transfer.copy_s
     out = {
         "serve/expert_bytes": transfer.expert_bytes,
         "serve/loads_initial": transfer.loads_initial,
@@ -124,14 +230,14 @@ def engine_summary(
         "serve/copy_ms_per_token": copy_s * 1e3 / per_tok,
         "serve/achieved_gbps": (decode_bytes / copy_s / 1e9) if copy_s > 0 and decode_bytes else None,
         "serve/switch_rate": routing.switches / routing.option_steps if routing.option_steps else None,
-        "serve/experts_replaced_per_switch": (sum(routing.replaced) / len(routing.replaced))
-        if routing.replaced
+        "serve/experts_replaced_per_switch": routing.replaced_total / routing.switches
+        if routing.switches
         else None,
         "serve/lru_hit_rate": routing.hits / (routing.hits + routing.misses)
         if routing.hits + routing.misses
         else None,
-        "serve/resident_target_mean": (sum(routing.union_sizes) / len(routing.union_sizes))
-        if routing.union_sizes
+        "serve/resident_target_mean": routing.union_size_total / routing.plan_calls
+        if routing.plan_calls
         else None,
     }
     bw = measured_bandwidth_gbps or sim_bandwidth_gbps

@@ -12,6 +12,7 @@ separate CPU tensor (simulated tier) and bytes are accounted exactly as on CUDA.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -88,28 +89,50 @@ class SlotBank:
 
 class HostExpertStore:
     """All expert weights of all MoE layers in host memory, one (N, row_numel) tensor per layer (rows
-    contiguous per expert), pinned when the device is CUDA. Read-only after packing: evictions never write
-    back."""
+    contiguous per expert). Read-only after packing: evictions never write back.
+
+    For a CUDA device each layer's block is allocated plainly (no zero fill) and pinned in place with
+    `cudaHostRegister`: exactly its bytes are page-locked (no power-of-two rounding by the caching host
+    allocator) and the weights are packed straight into it (no pageable bounce). `pinned_bytes` is what is
+    registered; `release()` unregisters (also run when the store is garbage-collected).
+    """
 
     def __init__(self, experts: list[nn.Module], num_experts: int, device: torch.device):
         self.layouts = [ExpertLayout.of(m, num_experts) for m in experts]
         if len({lay.row_numel for lay in self.layouts}) != 1:
             raise ValueError("MoE layers have different expert shapes; one layout per model is required")
         self.layout = self.layouts[0]
-        pin = device.type == "cuda"
         self.rows: list[torch.Tensor] = []
+        self.pinned_bytes = 0
         for module in experts:
-            rows = torch.zeros(num_experts, self.layout.row_numel, dtype=self.layout.dtype, pin_memory=pin)
+            shape = (num_experts, self.layout.row_numel)
+            if device.type == "cuda":
+                rows = _page_aligned_empty(shape, self.layout.dtype)
+                self.pinned_bytes += _register(rows)
+            else:
+                rows = torch.empty(shape, dtype=self.layout.dtype)
             views = self.layout.views(rows)
             with torch.no_grad():
                 for name in self.layout.names:
-                    views[name].copy_(getattr(module, name).detach().to("cpu"))
+                    param = getattr(module, name).detach()
+                    for e in range(num_experts):  # contiguous per expert: D2H straight into the pinned block
+                        views[name][e].copy_(param[e])
             self.rows.append(rows)
-        self.pinned = pin
+        pinned = list(self.rows) if self.pinned_bytes else []
+        self._finalizer = weakref.finalize(self, _unregister_all, pinned)
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_bytes > 0
 
     @property
     def nbytes(self) -> int:
         return sum(r.numel() * r.element_size() for r in self.rows)
+
+    def release(self) -> None:
+        """Unpin the host blocks (the store stays readable as pageable memory)."""
+        self._finalizer()
+        self.pinned_bytes = 0
 
     def unpack(self, layer: int, name: str) -> torch.Tensor:
         """The full (N, *shape) parameter `name` of `layer` as a new contiguous host tensor (for
@@ -117,27 +140,79 @@ class HostExpertStore:
         return self.layout.views(self.rows[layer])[name].contiguous()
 
 
+_PAGE = 4096
+
+
+def _page_aligned_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised host tensor starting on a page boundary (what page-locking in place works on)."""
+    nbytes = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(nbytes + _PAGE, dtype=torch.uint8)
+    offset = -raw.data_ptr() % _PAGE
+    return raw[offset : offset + nbytes].view(dtype).view(shape)
+
+
+def _register(block: torch.Tensor) -> int:
+    """Page-lock `block` in place (cudaHostRegister); returns the bytes pinned."""
+    nbytes = block.numel() * block.element_size()
+    err = torch.cuda.cudart().cudaHostRegister(block.data_ptr(), nbytes, 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaHostRegister of {nbytes} bytes failed with CUDA error {int(err)}")
+    return nbytes
+
+
+def _unregister_all(blocks: list[torch.Tensor]) -> None:
+    for block in blocks:
+        torch.cuda.cudart().cudaHostUnregister(block.data_ptr())
+    blocks.clear()
+
+
+class CudaStreams:
+    """The stream and event calls the mover makes on CUDA: the compute stream (current), one side stream for
+    background copies, timing events. Tests substitute a fake with the same methods to check the order."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.side = torch.cuda.Stream(device=device)
+
+    def compute(self):
+        return torch.cuda.current_stream(self.device)
+
+    def event(self, timing: bool = False):
+        return torch.cuda.Event(enable_timing=timing)
+
+    def record(self, event, stream) -> None:
+        event.record(stream)
+
+    def wait(self, stream, event) -> None:
+        stream.wait_event(event)
+
+    def copy(self, pairs, stream) -> None:
+        with torch.cuda.stream(stream):
+            for dst, src in pairs:
+                dst.copy_(src, non_blocking=True)
+
+
 class ExpertMover:
     """Issues copies host -> slot and staging <-> slot, records bytes and time in `TransferStats`.
 
-    CUDA: critical copies go on the current (compute) stream, so the expert computation that follows sees them
-    without a sync; background copies go on one side stream, after an event that marks the end of the last
-    computation that read the layer's slots (so an evicted slot is not overwritten while still being read),
-    and each leaves an event that a later computation reading that slot waits on. CPU: critical copies run at
-    once; background copies are queued and run after the layer's computation (`after_compute`), which is the
-    order a side stream gives on the GPU.
+    With streams (CUDA): critical copies go on the compute stream, so the expert computation that follows
+    sees them without a host sync. Background copies go on the side stream after a wait on an event recorded
+    on the compute stream once the critical copies are issued: the critical copies get the link first, and
+    every computation issued earlier (which may read a slot about to be overwritten) has finished. Each
+    background copy leaves an event that a later computation reading that slot waits on (`before_compute`).
+    Without streams (CPU): critical copies run at once; background copies are queued and run after the
+    layer's computation (`after_compute`), the order a side stream gives on the GPU.
     """
 
-    def __init__(self, store: HostExpertStore, device: torch.device, stats: TransferStats):
+    def __init__(self, store: HostExpertStore, device: torch.device, stats: TransferStats, streams=None):
         self.store = store
         self.device = device
         self.stats = stats
         self.stats.expert_bytes = store.layout.row_bytes
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.side = torch.cuda.Stream(device=device)
-            self._layer_free: dict[int, torch.cuda.Event] = {}
-        self._deferred: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        if streams is None and device.type == "cuda":
+            streams = CudaStreams(device)
+        self.streams = streams
+        self._deferred: dict[int, list[tuple[list, bool]]] = {}  # layer -> [(pairs, timed)] (no streams)
 
     def load(
         self,
@@ -150,8 +225,9 @@ class ExpertMover:
     ) -> None:
         """Copy host rows of `experts` into `bank` slots (one copy per expert).
 
-        kind: the counter to charge (critical | background | prefill | initial); only `critical` copies count
-        as stall time. background: issue off the critical path (side stream / after the computation on CPU).
+        kind: the counter to charge (critical | background | prefill | initial); critical and background
+        copies are timed (decode traffic), only critical ones count as stall time. background: issue off the
+        critical path (side stream / after the computation on CPU).
         """
         if not experts:
             return
@@ -159,67 +235,71 @@ class ExpertMover:
         pairs = [(bank.rows[s], host[e]) for e, s in zip(experts, slots)]
         setattr(self.stats, f"loads_{kind}", getattr(self.stats, f"loads_{kind}") + len(experts))
         if background:
-            self._background(layer, bank, slots, pairs)
+            self._background(layer, bank, slots, pairs, timed=kind == "background")
         else:
             self.before_compute(bank, slots)  # a pending side-stream copy into the slot must land first
-            self._foreground(pairs, critical=kind == "critical")
+            self._foreground(pairs, timed=kind == "critical")
 
     def copy_device(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """Device-local copy (staging <-> slot); on the compute stream, not counted as PCIe traffic."""
-        dst.copy_(src, non_blocking=True)
+        if self.streams is not None:
+            self.streams.copy([(dst, src)], self.streams.compute())
+        else:
+            dst.copy_(src)
         self.stats.d2d_copies += 1
 
-    def _foreground(self, pairs, critical: bool) -> None:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    def _foreground(self, pairs, timed: bool) -> None:
+        """On the compute stream (streams) or at once (CPU); `timed`: critical decode copies (the stall)."""
+        st = self.streams
+        if st is None:
+            t0 = time.perf_counter()
             for dst, src in pairs:
-                dst.copy_(src, non_blocking=True)
-            end.record()
-            if critical:
-                self.stats.cuda_critical_events.append((start, end))
+                dst.copy_(src)
+            if timed:
+                self.stats.add_interval(t0, time.perf_counter(), critical=True)
             return
-        t0 = time.perf_counter()
-        for dst, src in pairs:
-            dst.copy_(src)
-        if critical:
-            self.stats.critical_copy_s += time.perf_counter() - t0
+        if not timed:
+            st.copy(pairs, st.compute())
+            return
+        start, end = st.event(timing=True), st.event(timing=True)
+        st.record(start, st.compute())
+        st.copy(pairs, st.compute())
+        st.record(end, st.compute())
+        self.stats.add_events(start, end, critical=True)
 
-    def _background(self, layer: int, bank: SlotBank, slots: list[int], pairs) -> None:
-        if not self.cuda:
-            self._deferred.setdefault(layer, []).extend(pairs)
+    def _background(self, layer: int, bank: SlotBank, slots: list[int], pairs, timed: bool) -> None:
+        """Off the critical path; `timed`: decode traffic (prefill's background fill is not timed)."""
+        if self.streams is None:
+            self._deferred.setdefault(layer, []).append((pairs, timed))
             return
-        with torch.cuda.stream(self.side):
-            if layer in self._layer_free:
-                self.side.wait_event(self._layer_free[layer])
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(self.side)
-            for dst, src in pairs:
-                dst.copy_(src, non_blocking=True)
-            end.record(self.side)
-        self.stats.cuda_background_events.append((start, end))
+        st = self.streams
+        gate = st.event()
+        st.record(gate, st.compute())  # after the critical copies and every computation issued so far
+        st.wait(st.side, gate)
+        start, end = st.event(timing=timed), st.event(timing=timed)
+        st.record(start, st.side)
+        st.copy(pairs, st.side)
+        st.record(end, st.side)
+        if timed:
+            self.stats.add_events(start, end, critical=False)
         for s in slots:
             bank.pending[s] = end
 
     def before_compute(self, bank: SlotBank, slots: list[int]) -> None:
-        """Make the compute stream wait for pending background copies into `slots` (CUDA only)."""
+        """Make the compute stream wait for pending background copies into `slots` (streams only)."""
         for s in slots:
             ev = bank.pending.pop(s, None)
             if ev is not None:
-                torch.cuda.current_stream(self.device).wait_event(ev)
+                self.streams.wait(self.streams.compute(), ev)
 
     def after_compute(self, layer: int) -> None:
-        """The layer's computation is issued: CUDA records the slot-free event; CPU runs the queued copies."""
-        if self.cuda:
-            ev = torch.cuda.Event()
-            ev.record()
-            self._layer_free[layer] = ev
-            return
-        pairs = self._deferred.pop(layer, [])
-        t0 = time.perf_counter()
-        for dst, src in pairs:
-            dst.copy_(src)
-        self.stats.background_copy_s += time.perf_counter() - t0
+        """The layer's computation is issued: without streams, run the queued background copies now."""
+        for pairs, timed in self._deferred.pop(layer, []):
+            t0 = time.perf_counter()
+            for dst, src in pairs:
+                dst.copy_(src)
+            if timed:
+                self.stats.add_interval(t0, time.perf_counter(), critical=False)
 
 
 def measure_h2d_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float | None:

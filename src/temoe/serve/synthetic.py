@@ -9,6 +9,8 @@ output, equals the unrestricted base model's).
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from temoe.controller.policy import router_logits_from_handle
@@ -41,9 +43,12 @@ class SyntheticOptions:
         return f"synthetic options k̂={self.k_hat}, switch rate {self.switch_rate:g}"
 
     def mask_fn(self):
-        """A fresh MaskFn fn(i, hidden (B, S, H)) -> (B, S, N) with its own options (one request)."""
+        """A fresh MaskFn fn(i, hidden (B, S, H)) -> (B, S, N) with its own options (one request).
+
+        No host read of a device tensor: the random rule draws on the host, the router rule decides on the
+        device. Every row allows exactly k̂ experts (the prompt's other positions: all N)."""
         N, K, k = self.handle.num_experts, self.k_hat, self.handle.top_k
-        gen = torch.Generator().manual_seed(self.seed + self._requests)
+        rng = random.Random(self.seed + self._requests)
         self._requests += 1
         option: dict[int, torch.Tensor] = {}  # layer -> (B, N) bool
 
@@ -60,13 +65,18 @@ class SyntheticOptions:
             masks = []
             for s in range(S):
                 if self.rule == "random":
-                    switch = torch.rand(B, generator=gen) < self.switch_rate
+                    rows = [b for b in range(B) if rng.random() < self.switch_rate]
+                    if rows:  # basic indexing with host ints: no index upload, no read back
+                        option[i] = option[i].clone()
+                        for b in rows:
+                            option[i][b] = top[b, s]
                 else:
                     routed = torch.zeros(B, N, dtype=torch.bool, device=hidden.device)
                     routed.scatter_(-1, logits[:, s].topk(k, dim=-1).indices, True)
-                    switch = (routed & ~option[i]).any(-1).cpu()
-                option[i] = torch.where(switch.to(hidden.device)[:, None], top[:, s], option[i])
+                    switch = (routed & ~option[i]).any(-1)  # (B,) on the device
+                    option[i] = torch.where(switch[:, None], top[:, s], option[i])
                 masks.append(option[i])
             return torch.stack(masks, dim=1)
 
+        fn.temoe_counts_checked = True
         return fn
