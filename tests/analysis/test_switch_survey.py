@@ -5,12 +5,11 @@ import torch
 import temoe
 from temoe.analysis.switch_survey import generate_traced, prompt_record, summarize
 from temoe.prompts import Prompt
-from temoe.testing import tiny_model
-from temoe.testing_tokenizer import tiny_tokenizer
+from temoe.testing import char_tokenizer, tiny_model
 
 
 def test_rated_rows_match_an_unpadded_forward():
-    model, tokenizer = tiny_model("qwen3_moe"), tiny_tokenizer()
+    model, tokenizer = tiny_model("qwen3_moe"), char_tokenizer()
     handle = temoe.wrap(model)
     prompts = [
         Prompt(0, "a long prompt here", "x"),

@@ -12,9 +12,8 @@ import torch
 
 import temoe
 from temoe.serve.engine import OffloadEngine, make_policy
-from temoe.serve.models import char_tokenizer
 from temoe.serve.server import App, Job, start_background
-from temoe.testing import tiny_model
+from temoe.testing import char_tokenizer, tiny_model
 
 MODEL = "tiny-random:gpt_oss"
 

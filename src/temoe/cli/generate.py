@@ -32,8 +32,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import temoe
+    from temoe.inference import load_for_inference
     from temoe.rollout.inference import generate_text
-    from temoe.train.checkpoint import load_for_inference
 
     model, tokenizer = temoe.load_model(args.model)
     controller = None

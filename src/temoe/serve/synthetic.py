@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from temoe.controller.policy import router_logits_from_handle
-
 
 class SyntheticOptions:
     """Factory of per-request MaskFns (`mask_fn()`), each with its own option state and seeded generator."""
@@ -31,7 +29,7 @@ class SyntheticOptions:
             switch_rate,
             seed,
         )
-        self.logits = router_logits_from_handle(handle)
+        self.logits = handle.router_logits
         self._requests = 0
 
     @property
