@@ -16,7 +16,8 @@ def test_rated_rows_match_an_unpadded_forward():
         Prompt(1, "short", "y"),
     ]  # different lengths: left padding
     gens = list(
-        generate_traced(handle, tokenizer, prompts, max_new_tokens=6, temperature=0.0, progress=False)
+        generate_traced(handle, tokenizer, prompts, max_new_tokens=6, temperature=0.0, chat_template=False,
+                        progress=False)
     )
     for prompt, gen in zip(prompts, gens):
         prompt_ids = tokenizer(prompt.prompt, return_tensors="pt").input_ids
