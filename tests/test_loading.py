@@ -22,7 +22,7 @@ def test_num_layers_shrinks_a_random_model_and_is_refused_for_files():
     assert model.config.num_hidden_layers == 1
     with pytest.raises(ValueError, match="num_layers only applies"):
         temoe.load_model("tiny", num_layers=1)
-    with pytest.raises(ValueError, match="unknown tiny model type 'nope'.*mixtral"):
+    with pytest.raises(ValueError, match="no tiny config for model_type='nope'.*mixtral"):
         temoe.load_model("tiny-random:nope")
 
 

@@ -15,10 +15,7 @@ import temoe  # noqa: E402
 from temoe.controller import ControllerConfig, OptionController  # noqa: E402
 from temoe.eval.lm_eval import TemoeLM  # noqa: E402
 from temoe.rollout.masks import BaseSource, ControllerSource, StaticMaskSource  # noqa: E402
-from temoe.testing import (
-    char_tokenizer,  # noqa: E402
-    tiny_model,  # noqa: E402
-)
+from temoe.testing import char_tokenizer, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
