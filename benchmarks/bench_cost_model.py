@@ -32,8 +32,8 @@ import torch
 import temoe
 from temoe.cost import predict
 from temoe.cost.local import decode_ms_per_token, measure_local_profile
+from temoe.loading import load_model
 from temoe.serve.bench import run_ladder
-from temoe.serve.models import load_for_serving
 from temoe.serve.synthetic import SyntheticOptions
 
 MODEL = "tiny-random:gpt_oss"
@@ -120,7 +120,7 @@ def _paired(ladders, profiles, masked) -> list[dict]:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    model, tok = load_for_serving(MODEL, device)
+    model, tok = load_model(MODEL)
     handle = temoe.wrap(model)
     ids = tok(PROMPT, return_tensors="pt").input_ids
     N, k = handle.num_experts, handle.top_k

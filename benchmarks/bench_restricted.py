@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     import temoe
-    from temoe.controller.policy import router_logits_from_handle
-    from temoe.eval.masks import BaseSource, MaskSource, StaticMaskSource
-    from temoe.eval.runner import GenerationConfig, evaluate
+    from temoe.eval.runner import evaluate
     from temoe.eval.tasks import load_task
+    from temoe.rollout.masks import BaseSource, MaskSource, StaticMaskSource
+    from temoe.rollout.runner import GenerationConfig
 
     model, tokenizer = temoe.load_model(args.model)
     model.eval()
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not handle.top_k <= k_hat <= N:
         raise SystemExit(f"--k-hat must be in [{handle.top_k}, {N}], got {k_hat}")
 
-    router_logits = router_logits_from_handle(handle)  # the controller's own ω_0 computation
+    router_logits = handle.router_logits  # the controller's own ω_0 computation
 
     def router_top(i: int, hidden: torch.Tensor) -> torch.Tensor:
         """(B, N) bool: the router's top-k̂ for hidden (B, H)."""

@@ -77,7 +77,7 @@ step ladder_tiny 60 "$PARSE" -- \
   "$PY" -m temoe.cli.main bench serve --model tiny-random:gpt_oss --dtype bfloat16 --device cuda --max-new-tokens 32 \
   --json "$OUT/ladder_tiny.json"
 
-step ladder_20b 240 "$PARSE; from temoe.serve.models import gpt_oss_20b_config; gpt_oss_20b_config()" -- \
+step ladder_20b 240 "$PARSE; from temoe.models import gpt_oss_20b_config; gpt_oss_20b_config()" -- \
   "$PY" -m temoe.cli.main bench serve --model gpt-oss-20b-random --device cuda --k-hat 8 16 \
   --switch-rate-target 0.05 --max-prompts 4 --max-new-tokens 32 --json "$OUT/ladder_20b.json"
 

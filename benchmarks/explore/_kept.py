@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from temoe.eval.masks import MaskSource
+from temoe.rollout.masks import MaskSource
 
 Chooser = Callable[[int, torch.Tensor], torch.Tensor]
 """fn(i, hidden (B, S, H)) -> (B, N) bool: layer i's candidate option after these S positions. It sees every

@@ -19,10 +19,10 @@ from _kept import KeptOption
 import temoe
 from temoe.baselines.calibration import CalibrationConfig, calibration_sequences, collect_routing
 from temoe.baselines.reconstruction import greedy_reconstruction
-from temoe.controller.policy import router_logits_from_handle
-from temoe.eval.masks import StaticMaskSource
-from temoe.eval.runner import GenerationConfig, evaluate
+from temoe.eval.runner import evaluate
 from temoe.eval.tasks import load_task
+from temoe.rollout.masks import StaticMaskSource
+from temoe.rollout.runner import GenerationConfig
 
 torch.set_num_threads(2)
 limit = int(sys.argv[1])
@@ -47,7 +47,7 @@ for i, x in enumerate(stats.hidden):
     for c in cores:
         if c > 0:
             core[c][i] = greedy_reconstruction(handle, i, x, c)[0]
-rl = router_logits_from_handle(handle)
+rl = handle.router_logits
 
 
 def core_chooser(c: int, decay: float = 0.9):

@@ -24,9 +24,9 @@ from _kept import KeptOption
 import temoe
 from temoe.baselines.calibration import CalibrationConfig, calibration_sequences, collect_routing
 from temoe.controller.options import plackett_luce_log_prob, sample_plackett_luce
-from temoe.controller.policy import router_logits_from_handle
-from temoe.eval.runner import GenerationConfig, evaluate
+from temoe.eval.runner import evaluate
 from temoe.eval.tasks import load_task
+from temoe.rollout.runner import GenerationConfig
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -114,7 +114,7 @@ for gamma, steps, lam in grid:
         print(f"g{gamma} s{steps} l{lam} layer {i}: overlap {ov:.2f}", flush=True)
         heads.append(head)
     results[(gamma, steps, lam)] = heads
-rl = router_logits_from_handle(handle)
+rl = handle.router_logits
 
 
 def head_chooser(heads, seltemp: float):

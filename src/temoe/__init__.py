@@ -1,7 +1,8 @@
 """temoe: temporally extended Mixture-of-Experts (Shen & Henderson, arXiv 2604.20156).
 
 Public entry points: `temoe.wrap(model)` (masked routing and tracing on a HF MoE model),
-`temoe.load_model(name)` (the embedded default or a local HF directory), `temoe.metrics`, `temoe.options`.
+`temoe.load_model(name)` (the one resolver of model names: the embedded `tiny`, a local HF directory, the
+random `tiny-random:<model_type>` and `gpt-oss-20b-random[:LAYERS]`), `temoe.metrics`, `temoe.options`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""`load_model(name_or_path)`: the embedded model by short name (`tiny`), a local HF model directory, or a
-random tiny test model (`tiny-random:<model_type>`, alias `testing:<model_type>`)."""
+"""`load_model(name)`: the one resolver of model names for every command, the trainer and the server.
+
+Names: `tiny` (the embedded model), a local HF model directory, `tiny-random:<model_type>` (alias
+`testing:<model_type>`: a random tiny from-config model) and `gpt-oss-20b-random[:LAYERS]` (the real
+gpt-oss-20b shape with random bf16 weights). Model hubs are never used.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
@@ -10,8 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from temoe.embedded import MODELS
 
-#: Name prefixes of the random tiny from-config test models (`temoe.testing`), e.g. `tiny-random:mixtral`.
+log = logging.getLogger("temoe.loading")
+
+#: Name prefixes of the random tiny from-config models (`temoe.models.tiny_model`): `tiny-random:mixtral`.
 TINY_RANDOM_PREFIXES = ("tiny-random:", "testing:")
+#: Name of the gpt-oss-20b-shaped random model (`temoe.models.gpt_oss_20b_random`); `:LAYERS` cuts its depth.
+GPT_OSS_20B_RANDOM = "gpt-oss-20b-random"
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -31,31 +41,38 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     raise ValueError(
         f"unknown model {key!r}: not an embedded model name and not a local directory; "
-        f"embedded names: {', '.join(sorted(MODELS))}; random test models: tiny-random:<model_type> "
-        f"(model hubs are not used)"
+        f"embedded names: {', '.join(sorted(MODELS))}; random models: tiny-random:<model_type>, "
+        f"{GPT_OSS_20B_RANDOM}[:LAYERS] (model hubs are not used)"
     )
 
 
 def load_model(
-    name_or_path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
+    name_or_path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    *,
+    num_layers: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) in eval mode; `dtype` defaults to the checkpoint's, `device` to CPU.
+    """(model, tokenizer) in eval mode; the tokenizer always has a pad token (its EOS when it had none).
 
-    `tiny-random:<model_type>` builds `temoe.testing.tiny_model(model_type)` (seed 0, float32 unless `dtype`)
-    with the offline character tokenizer: no files, for tests and CPU examples.
+    dtype: weight dtype (default: the checkpoint's; float32 for tiny random models; bf16 for the random
+    gpt-oss-20b and for gpt-oss MXFP4 checkpoints, which load dequantised because LoRA needs dense weights).
+    device: where the weights go (default CPU); `gpt-oss-20b-random` is materialised there directly.
+    num_layers: depth of a random model (`tiny-random:*`, `gpt-oss-20b-random`; the `:LAYERS` suffix says the
+    same). A name means the same weights everywhere: the random models are seeded with 0.
     """
-    if str(name_or_path).startswith(TINY_RANDOM_PREFIXES):
-        from temoe.testing import tiny_model
-        from temoe.testing_tokenizer import tiny_tokenizer
-
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        model = tiny_model(str(name_or_path).split(":", 1)[1], seed=0, dtype=dtype or torch.float32)
-        return (model if device is None else model.to(device)), tiny_tokenizer()
-    path = resolve_model_path(name_or_path)
+    name = str(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto")
+    if name.startswith(TINY_RANDOM_PREFIXES):
+        return _tiny_random(name, dtype, device, num_layers)
+    if name.split(":", 1)[0] == GPT_OSS_20B_RANDOM:
+        return _gpt_oss_20b_random(name, device, num_layers)
+    if num_layers is not None:
+        raise ValueError(f"num_layers only applies to tiny-random:* and {GPT_OSS_20B_RANDOM} models, "
+                         f"not to {name!r}")
+    path = resolve_model_path(name_or_path)
+    model = _from_pretrained(path, dtype)
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -63,3 +80,45 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _tiny_random(name: str, dtype, device, num_layers: int | None):
+    """`tiny-random:<model_type>`: `temoe.models.tiny_model` with the character tokenizer."""
+    from temoe.models import char_tokenizer, tiny_model
+
+    model_type = name.split(":", 1)[1]  # an unknown type fails in tiny_config, listing the valid ones
+    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
+    model = tiny_model(model_type, seed=0, dtype=dtype or torch.float32, **overrides)
+    return (model if device is None else model.to(device)), char_tokenizer()
+
+
+def _gpt_oss_20b_random(name: str, device, num_layers: int | None):
+    """`gpt-oss-20b-random[:LAYERS]`: `temoe.models.gpt_oss_20b_random` built on `device` (default CPU)."""
+    from temoe.models import gpt_oss_20b_random
+
+    _, _, layers = name.partition(":")
+    if layers:
+        if not (layers.isdigit() and int(layers) > 0):
+            raise ValueError(f"model {name!r}: expected {GPT_OSS_20B_RANDOM}[:LAYERS], LAYERS a positive "
+                             "integer")
+        if num_layers is not None and num_layers != int(layers):
+            raise ValueError(f"model {name!r} names {layers} layers but num_layers={num_layers}")
+        num_layers = int(layers)
+    device = torch.device(device if device is not None else "cpu")
+    log.info("dtype policy: gpt-oss-20b-shaped random model in bf16 on %s", device)
+    return gpt_oss_20b_random(device, num_layers, seed=0)
+
+
+def _from_pretrained(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    """The HF model in `path`; gpt-oss MXFP4 checkpoints dequantised (default bf16, grouped-mm experts)."""
+    quant = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if quant.get("quant_method") != "mxfp4":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto")
+    from transformers import Mxfp4Config
+
+    dtype = dtype or torch.bfloat16
+    log.info("dtype policy: MXFP4 checkpoint dequantised to %s (LoRA needs dense weights, §5)", dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, quantization_config=Mxfp4Config(dequantize=True),
+        experts_implementation="grouped_mm",
+    )

@@ -5,19 +5,19 @@ import torch
 import temoe
 from temoe.analysis.switch_survey import generate_traced, prompt_record, summarize
 from temoe.prompts import Prompt
-from temoe.testing import tiny_model
-from temoe.testing_tokenizer import tiny_tokenizer
+from temoe.testing import char_tokenizer, tiny_model
 
 
 def test_rated_rows_match_an_unpadded_forward():
-    model, tokenizer = tiny_model("qwen3_moe"), tiny_tokenizer()
+    model, tokenizer = tiny_model("qwen3_moe"), char_tokenizer()
     handle = temoe.wrap(model)
     prompts = [
         Prompt(0, "a long prompt here", "x"),
         Prompt(1, "short", "y"),
     ]  # different lengths: left padding
     gens = list(
-        generate_traced(handle, tokenizer, prompts, max_new_tokens=6, temperature=0.0, progress=False)
+        generate_traced(handle, tokenizer, prompts, max_new_tokens=6, temperature=0.0, chat_template=False,
+                        progress=False)
     )
     for prompt, gen in zip(prompts, gens):
         prompt_ids = tokenizer(prompt.prompt, return_tensors="pt").input_ids

@@ -17,7 +17,7 @@ from temoe.baselines.calibration import calibration_sequences, collect_routing
 from temoe.baselines.frequency import expert_counts, frequency_masks
 from temoe.baselines.random import RandomPerTokenMasks
 from temoe.baselines.wanda import nm_for, nm_prune_, wanda_pruned
-from temoe.eval.runner import GenerationConfig, generate
+from temoe.rollout.runner import GenerationConfig, generate
 from temoe.testing import tiny_model
 
 K_HAT = 4  # of N = 8 experts, k̃ = 2

@@ -48,8 +48,8 @@ def _record(*args):
 def _in_process(checkpoint, prompt, max_new_tokens, **kwargs):
     """The library call `temoe generate` wraps, with the CLI's defaults (seed 42, temperature 0.5)."""
     import temoe
+    from temoe.inference import load_for_inference
     from temoe.rollout.inference import generate_text
-    from temoe.train.checkpoint import load_for_inference
 
     model, tokenizer = temoe.load_model("testing:gpt_oss")
     controller = None

@@ -14,9 +14,9 @@ import torch
 
 import temoe
 from temoe.cost import LoadCounts, load_profile, predict, split_loads
+from temoe.loading import load_model
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.generate import decode_steps
-from temoe.serve.models import load_for_serving
 
 NEW_TOKENS = 12
 BANDWIDTH = 54.7
@@ -25,7 +25,7 @@ BANDWIDTH = 54.7
 @pytest.fixture(scope="module")
 def served():
     torch.manual_seed(0)
-    model, tok = load_for_serving("tiny-random:gpt_oss", torch.device("cpu"))
+    model, tok = load_model("tiny-random:gpt_oss")
     handle = temoe.wrap(model)
     ids = tok("The cost of a switch is its loads.", return_tensors="pt").input_ids  # (1, S)
     return handle, ids

@@ -11,12 +11,12 @@ import temoe
 from temoe.cost import predict
 from temoe.cost.local import measure_local_profile
 from temoe.cost.profiles import FIGURES
-from temoe.serve.models import load_for_serving
+from temoe.loading import load_model
 from temoe.serve.store import ExpertLayout
 
 
 def test_local_profile_on_cpu():
-    model, tok = load_for_serving("tiny-random:gpt_oss", torch.device("cpu"))
+    model, tok = load_model("tiny-random:gpt_oss")
     handle = temoe.wrap(model)
     p = measure_local_profile(handle, tok, new_tokens=4, repeats=1, copies=4)
     assert p.name == "local" and p.num_layers == handle.num_layers

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 import temoe
 from temoe.embedded import MODELS, load_jsonl, tasks
-from temoe.embedded.measure import generate_greedy
+from temoe.eval.measure import generate_greedy, grade
 from temoe.loading import load_model
 
 SLICE = 40
@@ -74,8 +74,7 @@ def test_beats_chance_on_a_slice(loaded, task, name, threshold):
         items = items[:SLICE]
     prompts = [tasks.format_prompt(it, task) for it in items]
     completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=64 if task == "math" else 48)
-    grade = tasks.grade_math if task == "math" else tasks.grade_mc
-    acc = sum(grade(c, it["answer"]) for c, it in zip(completions, items)) / len(items)
+    acc = sum(grade(task, c, it["answer"]) for c, it in zip(completions, items)) / len(items)
     assert acc >= threshold, f"{task}: accuracy {acc:.2f} on {len(items)} items"
 
 
@@ -84,9 +83,10 @@ def test_an_answer_fits_in_sixteen_experts(loaded):
     answer some 16 of the 32 experts per layer serve it. Here: the 16 experts each answer's own base routing
     used most, fixed for the whole answer, keep most of the math accuracy (a model pretrained without context
     masks scores near 0 % this way)."""
-    from temoe.eval.masks import BaseSource, MaskSource
-    from temoe.eval.runner import GenerationConfig, evaluate
+    from temoe.eval.runner import evaluate
     from temoe.eval.tasks import load_task
+    from temoe.rollout.masks import BaseSource, MaskSource
+    from temoe.rollout.runner import GenerationConfig
 
     model, tokenizer = loaded
     handle = temoe.wrap(model)

@@ -8,6 +8,7 @@ import pytest
 
 from temoe.embedded import load_jsonl, math_problems, multiple_choice, tasks
 from temoe.embedded.corpus import DRILL_SHARES, Corpus
+from temoe.eval.measure import grade
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_late_mixture_has_lookup_drills(training_docs):
 def test_mc_document_names_the_option_scans_then_gives_its_letter():
     doc = tasks.mc_document("Q?", ["salt", "wool", "tin", "rice"], "C")
     assert doc.endswith("Answer: tin. A. salt, B. wool, C. tin. The answer is C.")
-    assert tasks.grade_mc(doc.split("Answer:", 1)[1], "C")
+    assert grade("mc", doc.split("Answer:", 1)[1], "C")
 
 
 def test_math_keys_held_out():

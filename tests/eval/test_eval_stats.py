@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from temoe.analysis.stats import mean_ci, wald_ci, wilson_ci
-from temoe.eval.stats import summarise
+from temoe.analysis.stats import mean_ci, summarise, wald_ci, wilson_ci
 
 
 @pytest.mark.parametrize("acc,half", [(0.535, 0.069), (0.15, 0.049), (0.035, 0.025), (0.275, 0.062)])

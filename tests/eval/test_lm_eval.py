@@ -14,9 +14,8 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval not installed (pip inst
 import temoe  # noqa: E402
 from temoe.controller import ControllerConfig, OptionController  # noqa: E402
 from temoe.eval.lm_eval import TemoeLM  # noqa: E402
-from temoe.eval.masks import BaseSource, ControllerSource, StaticMaskSource  # noqa: E402
-from temoe.testing import tiny_model  # noqa: E402
-from temoe.testing_tokenizer import tiny_tokenizer  # noqa: E402
+from temoe.rollout.masks import BaseSource, ControllerSource, StaticMaskSource  # noqa: E402
+from temoe.testing import char_tokenizer, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +33,13 @@ def test_model_call_matches_the_masked_model(handle):
     inps = _inputs()
     with torch.no_grad():
         plain = handle.model(inps).logits
-    lm = TemoeLM(handle, tiny_tokenizer(), BaseSource(4), batch_size=2, max_length=64)
+    lm = TemoeLM(handle, char_tokenizer(), BaseSource(4), batch_size=2, max_length=64)
     torch.testing.assert_close(lm._model_call(inps), plain)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, :4] = True
     with torch.no_grad(), handle.restrict(mask):
         restricted = handle.model(inps).logits
-    lm = TemoeLM(handle, tiny_tokenizer(), StaticMaskSource(mask, "frequency"), batch_size=2, max_length=64)
+    lm = TemoeLM(handle, char_tokenizer(), StaticMaskSource(mask, "frequency"), batch_size=2, max_length=64)
     out = lm._model_call(inps)
     torch.testing.assert_close(out, restricted)
     assert not torch.allclose(out, plain)  # the mask really changed the computation
@@ -49,7 +48,7 @@ def test_model_call_matches_the_masked_model(handle):
 def test_controller_state_is_reset_per_batch(handle):
     ctrl = OptionController.from_handle(handle, ControllerConfig(k_hat=4, hidden=16, expert_embed_dim=8))
     source = ControllerSource(ctrl, torch.Generator().manual_seed(0), mode="greedy")
-    lm = TemoeLM(handle, tiny_tokenizer(), source, batch_size=2, max_length=64)
+    lm = TemoeLM(handle, char_tokenizer(), source, batch_size=2, max_length=64)
     inps = _inputs()
     with handle.trace() as trace:
         lm._model_call(inps)
@@ -80,7 +79,7 @@ def test_simple_evaluate_on_a_local_task(handle, tmp_path):
                                        "metric_list:\n  - metric: exact_match\n")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     ctrl = OptionController.from_handle(handle, ControllerConfig(k_hat=4, hidden=16, expert_embed_dim=8))
-    lm = TemoeLM(handle, tiny_tokenizer(), ControllerSource(ctrl, torch.Generator().manual_seed(0)),
+    lm = TemoeLM(handle, char_tokenizer(), ControllerSource(ctrl, torch.Generator().manual_seed(0)),
                  batch_size=2, max_length=64)
     res = lm_eval.simple_evaluate(model=lm, tasks=["temoe_test_mc", "temoe_test_gen"],
                                   task_manager=lm_eval.tasks.TaskManager(include_path=str(tmp_path)))

@@ -10,9 +10,10 @@ import torch
 
 import temoe
 from temoe import metrics
-from temoe.eval.masks import BaseSource
-from temoe.eval.runner import GenerationConfig, evaluate, generate
+from temoe.eval.runner import evaluate
 from temoe.eval.tasks import load_task
+from temoe.rollout.masks import BaseSource
+from temoe.rollout.runner import GenerationConfig, generate
 from temoe.testing import tiny_model
 
 GREEDY = GenerationConfig(max_new_tokens=8, temperature=0.0, batch_size=2, seed=0)
@@ -75,7 +76,7 @@ def test_evaluate_writes_one_record_per_question(handle, tokenizer, tmp_path):
 
 def test_mask_sources_record_option_members(handle, tokenizer, tmp_path):
     from temoe.baselines.random import RandomPerTokenMasks
-    from temoe.eval.masks import MaskFnSource
+    from temoe.rollout.masks import MaskFnSource
 
     data = tmp_path / "mc.jsonl"
     data.write_text(json.dumps({"id": "q", "question": "q", "choices": list("abcd"), "answer": "A"}) + "\n")

@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import temoe
 from conftest import ALL_MODEL_TYPES, build, random_masks
@@ -119,8 +120,8 @@ def test_mask_errors():
 
 
 def test_wrap_errors():
-    llama = temoe.testing.AutoModelForCausalLM.from_config(
-        temoe.testing.AutoConfig.for_model("llama", vocab_size=16, hidden_size=16, intermediate_size=16,
+    llama = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model("llama", vocab_size=16, hidden_size=16, intermediate_size=16,
                                            num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match=r"unsupported model_type='llama'; supported: .*gpt_oss.*mixtral"):
         temoe.wrap(llama)

@@ -81,3 +81,17 @@ def test_wrap_peft_model(model_type):
             assert torch.isfinite(peft_model(ids).logits).all()
     for i in range(L):
         assert masks[i][trace.expert_ids(i)].all()
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "mixtral", "qwen3_moe"])
+def test_handle_router_logits_recompute_the_traced_logits(model_type):
+    """`handle.router_logits(i, hidden)`, h W^T + b from the current weights, equals the router's logits."""
+    model = build(model_type)
+    handle = temoe.wrap(model)
+    ids = torch.randint(3, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), handle.trace(hidden_states=True) as trace:
+        model(ids)
+    for i in range(handle.num_layers):
+        got = handle.router_logits(i, trace.hidden_states(i))  # (T, H) -> (T, N)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, trace.router_logits(i), rtol=1e-5, atol=1e-5)

@@ -8,14 +8,9 @@ import shutil
 import pytest
 import torch
 
+from temoe.inference import CheckpointError, _sha256, load_for_inference, resolve_checkpoint
 from temoe.testing import TINY_TRAIN, tiny_model
-from temoe.train.checkpoint import (
-    CheckpointError,
-    _sha256,
-    load_for_inference,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from temoe.train.checkpoint import save_checkpoint
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 

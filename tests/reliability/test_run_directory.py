@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from temoe.inference import resolve_checkpoint
 from temoe.testing import TINY_TRAIN
-from temoe.train.checkpoint import resolve_checkpoint
 from temoe.train.config import load_config
 from temoe.train.logging import read_metrics
 from temoe.train.rundir import RunExistsError, RunLockedError, run_lock

@@ -1,10 +1,12 @@
-"""Teacher-mixed sampling: nucleus on the mixture, importance weights, reward log-probs (hand-computed)."""
+"""The one sampler: teacher-mixed sampling (nucleus on the mixture, importance weights, reward log-probs,
+hand-computed) and plain next-token sampling, checked against the samplers it replaced."""
 
 import math
 
+import pytest
 import torch
 
-from temoe.rollout.sampling import mixed_sample, nucleus
+from temoe.rollout.sampling import mixed_sample, nucleus, sample_next
 
 
 def test_nucleus_keeps_smallest_set_reaching_top_p():
@@ -79,3 +81,44 @@ def test_forced_sample_scores_the_given_tokens():
     assert torch.equal(out.weight, torch.ones(3))
     # the exact KL of a mixed draw is the same quantity, whatever token was drawn
     torch.testing.assert_close(mixed_sample(s, t, tau=0.2).kl, kl)
+
+
+def _serving_rule_before_merge(logits, temperature, top_p, generator):
+    """The serving engine's own sampler before it used `sample_next` (reference for the parity test)."""
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _eval_rule_before_merge(logits, temperature, top_p, generator):
+    """The evaluation runner's and `generate_text`'s sampler before they used `sample_next`."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.5, 0.95), (1.0, 1.0), (0.7, 0.5)])
+def test_sample_next_draws_what_the_merged_samplers_drew(temperature, top_p):
+    """Same logits, same generator seed -> the same tokens as each sampler it replaced, over many draws."""
+    logits = torch.randn(64, 100, generator=torch.Generator().manual_seed(3)) * 3
+    for reference in (_serving_rule_before_merge, _eval_rule_before_merge):
+        g_new, g_old = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        for _ in range(20):
+            new = sample_next(logits, temperature, top_p, g_new)
+            old = reference(logits, temperature, top_p, g_old).reshape(-1)
+            assert torch.equal(new, old)
+
+
+def test_sample_next_greedy_at_zero_temperature_and_inside_the_nucleus():
+    logits = torch.tensor([[0.0, 3.0, 1.0, -2.0]])
+    assert sample_next(logits, 0.0).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    # top-p 0.5 keeps only the most likely token (its mass alone exceeds 0.5 at temperature 1).
+    assert {int(sample_next(logits, 1.0, 0.5, g)) for _ in range(50)} == {1}

@@ -8,7 +8,7 @@ import pytest
 
 from temoe.serve.bench import run_ladder
 from temoe.serve.generate import generate_offloaded
-from temoe.serve.models import char_tokenizer
+from temoe.testing import char_tokenizer
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 

@@ -10,8 +10,7 @@ import temoe
 from temoe.controller import ControllerConfig, OptionController
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.generate import decode_steps, generate_offloaded
-from temoe.serve.models import char_tokenizer
-from temoe.testing import tiny_model
+from temoe.testing import char_tokenizer, tiny_model
 
 NEW = 8
 

@@ -8,8 +8,7 @@ import torch
 import temoe
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.generate import decode_steps, generate_offloaded
-from temoe.serve.models import char_tokenizer
-from temoe.testing import tiny_model
+from temoe.testing import char_tokenizer, tiny_model
 
 NEW = 8
 

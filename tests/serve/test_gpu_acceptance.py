@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import temoe
+from temoe.models import char_tokenizer
 from temoe.serve.bench import run_ladder
-from temoe.serve.models import char_tokenizer
 from temoe.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

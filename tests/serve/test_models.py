@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from temoe.serve.models import char_tokenizer, gpt_oss_20b_config
+from temoe.models import char_tokenizer, gpt_oss_20b_config
 
 
 def test_gpt_oss_20b_config_matches_the_real_model():

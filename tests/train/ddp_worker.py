@@ -1,5 +1,5 @@
-"""Run by `accelerate launch` in test_distributed.py: train two steps (selection context and held-out probes on),
-write this process's parameters."""
+"""Run by `accelerate launch` in test_distributed.py: train two steps (selection context and held-out probes
+on), write this process's parameters."""
 
 import os
 import sys

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from temoe.inference import load_for_inference, read_meta, resolve_checkpoint
 from temoe.testing import TINY_TRAIN, tiny_model
-from temoe.train.checkpoint import load_for_inference, read_meta, resolve_checkpoint
 from temoe.train.config import load_config
 from temoe.train.trainer import train
 

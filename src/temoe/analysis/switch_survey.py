@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from temoe.metrics import router_switch_rate
 from temoe.moe.wrap import MoEHandle
 from temoe.prompts import Prompt
+from temoe.rollout.text import encode_prompt, eos_token_ids, left_pad
 
 RATED_POSITIONS = (
     "generated tokens only: each generated token as it is fed back (cached decode steps); "
@@ -73,27 +74,14 @@ def generate_traced(
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="switch-rate", unit="batch", disable=not progress):
         batch = prompts[start : start + batch_size]
-        texts = [_format(tokenizer, p.prompt, chat_template) for p in batch]
-        enc = tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=not (chat_template and tokenizer.chat_template),
-        ).to(device)
+        seqs = [encode_prompt(tokenizer, p.prompt, chat_template) for p in batch]
+        input_ids, attn = left_pad(seqs, tokenizer.pad_token_id)
         with torch.no_grad(), handle.trace() as trace:
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+                input_ids=input_ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, **sampling
             )
-        yield from _split(handle, tokenizer, batch, enc["input_ids"].shape[1], out, trace)
-
-
-def _format(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool) -> str:
-    if chat_template and tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    return text
+        yield from _split(handle, tokenizer, batch, input_ids.shape[1], out, trace)
 
 
 def _split(
@@ -116,7 +104,7 @@ def _split(
     ids = torch.stack([trace.expert_ids(i)[B * prompt_len :] for i in range(L)], dim=1)  # (rows, L, k)
     logits = logits.view(n_new - 1, B, L, handle.num_experts)
     ids = ids.view(n_new - 1, B, L, handle.top_k)
-    eos = _eos_ids(tokenizer, handle)
+    eos = eos_token_ids(handle.model, tokenizer)
     for b, prompt in enumerate(batch):
         tokens = new[b].tolist()
         n = next((j + 1 for j, t in enumerate(tokens) if t in eos), n_new)
@@ -128,14 +116,6 @@ def _split(
             router_logits=logits[: n - 1, b],
             expert_ids=ids[: n - 1, b],
         )
-
-
-def _eos_ids(tokenizer: PreTrainedTokenizerBase, handle: MoEHandle) -> set[int]:
-    eos = handle.model.generation_config.eos_token_id
-    ids = set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def prompt_record(gen: TracedGeneration, k_tilde: int, k_hat: int) -> dict:

@@ -20,7 +20,7 @@ from temoe.baselines.frequency import expert_counts, frequency_masks
 from temoe.baselines.random import RandomPerTokenMasks, random_static_masks
 from temoe.baselines.reconstruction import reconstruction_masks
 from temoe.baselines.wanda import wanda_pruned
-from temoe.eval.masks import BaseSource, MaskFnSource, MaskSource, StaticMaskSource
+from temoe.rollout.masks import BaseSource, MaskFnSource, MaskSource, StaticMaskSource
 
 __all__ = ["BASELINES", "baseline_source"]
 

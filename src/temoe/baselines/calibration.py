@@ -1,8 +1,8 @@
-"""Calibration data for the pruning baselines (METHOD §5): prompts of the training distribution with
+"""Calibration data for the pruning baselines (paper §5): prompts of the training distribution with
 base-model responses, cached to disk, and the routing statistics gathered on them with padding excluded.
 
 Defaults follow the paper: 128 prompts, one sampled base-model response each (temperature 0.5, top-p 0.95),
-prompt + response ≤ 2048 tokens. Unlike the reference code (digest §5), pad tokens never enter any statistic:
+prompt + response ≤ 2048 tokens. Pad tokens never enter any statistic:
 sequences are right-padded per batch and only rows with attention mask 1 are kept.
 """
 
@@ -18,10 +18,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from temoe.embedded import data_path
 from temoe.prompts import load_prompts
+from temoe.rollout.masks import BaseSource
+from temoe.rollout.runner import GenerationConfig, generate
+from temoe.rollout.text import encode_prompt
 
 __all__ = ["CalibrationConfig", "calibration_prompts", "calibration_sequences", "model_fingerprint",
-           "calibration_key",            "padded_batches", "RoutingStats", "collect_routing"]
+           "calibration_key", "padded_batches", "RoutingStats", "collect_routing"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class CalibrationConfig:
     """JSONL with a `prompt` field per line; None = the embedded `calibration.jsonl` (128 prompts drawn
     from the training prompts `prompts.jsonl`)."""
     chat: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one (the reference skipped it; digest §5)."""
+    """Wrap prompts in the tokenizer's chat template when it has one (the paper's reference code skips it)."""
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
@@ -58,8 +62,6 @@ class CalibrationConfig:
 def calibration_prompts(cfg: CalibrationConfig) -> list[str]:
     """`cfg.num_prompts` prompts: the file's prompts shuffled with `cfg.seed`, first ones kept."""
     if cfg.prompts_file is None:
-        from temoe.embedded import data_path
-
         path = Path(data_path("calibration.jsonl"))
     else:
         path = Path(cfg.prompts_file)
@@ -96,9 +98,6 @@ def calibration_sequences(handle, tokenizer, cfg: CalibrationConfig | None = Non
     With `cache_dir`, the result is stored as `calibration-<key>.json`, the key hashing the model
     (`model_fingerprint`), the settings and the prompts; a later call with the same key reads it back.
     """
-    from temoe.eval.masks import BaseSource
-    from temoe.eval.runner import GenerationConfig, encode_prompt, generate
-
     cfg = cfg or CalibrationConfig()
     prompts = calibration_prompts(cfg)
     cache = None

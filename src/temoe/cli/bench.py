@@ -82,16 +82,19 @@ def run(args) -> int:
     import torch
 
     import temoe
+    from temoe.loading import GPT_OSS_20B_RANDOM
     from temoe.serve.bench import format_table, run_ladder
-    from temoe.serve.models import load_for_serving
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     prompts = _read_prompts(args.prompts, args.max_prompts)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = load_for_serving(args.model, device, num_layers=args.num_layers, dtype=dtype)
+    # The offloading engine places the weights itself; only the random gpt-oss-20b is built on the device.
+    on_device = device if args.model.startswith(GPT_OSS_20B_RANDOM) else None
+    model, tokenizer = temoe.load_model(args.model, device=on_device, num_layers=args.num_layers,
+                                         dtype=dtype)
     controller = None
     if args.checkpoint:
-        from temoe.train.checkpoint import load_for_inference
+        from temoe.inference import load_for_inference
 
         model, handle, controller = load_for_inference(model, args.checkpoint)
         controller.to(device)

@@ -147,7 +147,7 @@ def stage_train(cfg: DemoConfig, eta: float) -> Path:
     """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run)."""
     if eta in cfg.checkpoints:
         return Path(cfg.checkpoints[eta])
-    from temoe.train.checkpoint import resolve_checkpoint
+    from temoe.inference import resolve_checkpoint
     from temoe.train.config import load_config, shipped_configs
     from temoe.train.trainer import train
 
@@ -177,9 +177,9 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
     """Evaluate every (method, η, task); each summary is cached in DIR/eval/<name>.json."""
     from temoe.baselines import CalibrationConfig
     from temoe.eval.pipeline import evaluate_method, load_controller, write_summary
-    from temoe.eval.runner import GenerationConfig
     from temoe.eval.tasks import load_task
     from temoe.loading import load_model
+    from temoe.rollout.runner import GenerationConfig
 
     eval_dir = Path(cfg.out) / "eval"
     generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)

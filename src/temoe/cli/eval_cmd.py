@@ -63,9 +63,9 @@ def run(args) -> int:
     import temoe
     from temoe.baselines import CalibrationConfig
     from temoe.eval.pipeline import evaluate_method, load_controller, write_summary
-    from temoe.eval.runner import GenerationConfig
     from temoe.eval.tasks import load_task
     from temoe.loading import load_model
+    from temoe.rollout.runner import GenerationConfig
 
     check_output_file(args.json, "--json")  # before the evaluation, not after it
     if args.records:
@@ -80,7 +80,7 @@ def run(args) -> int:
     model = model.to(device).eval()
     controller, eta = None, None
     if args.checkpoint:
-        from temoe.train.checkpoint import read_meta, resolve_checkpoint
+        from temoe.inference import read_meta, resolve_checkpoint
 
         model, handle, controller = load_controller(model, args.checkpoint)
         method = "controller"

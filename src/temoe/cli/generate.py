@@ -36,9 +36,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import temoe
+    from temoe.inference import load_for_inference
     from temoe.prompts import check_fits
-    from temoe.rollout.inference import encode_prompt, generate_text
-    from temoe.train.checkpoint import load_for_inference
+    from temoe.rollout.inference import generate_text
+    from temoe.rollout.text import encode_prompt
 
     model, tokenizer = temoe.load_model(args.model)
     prompt_tokens = len(encode_prompt(tokenizer, args.prompt, not args.no_chat_template))

@@ -24,7 +24,8 @@ def register(sub) -> None:
     train.add_argument("--out", type=Path, required=True, help="output directory for the PNG files")
     train.add_argument("--baseline", type=Path, default=None,
                        help="a frozen same-seed run (lr_controller=0 lr_policy=0): also draw each run's "
-                            "reward minus its reward (reward_gain.png) and print windowed means with 95%% CIs")
+                            "reward minus its reward (reward_gain.png) and print windowed means with "
+                            "95%% CIs")
     train.set_defaults(func=run_training)
 
 

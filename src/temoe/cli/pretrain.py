@@ -53,12 +53,14 @@ def register(sub) -> None:
     p.add_argument("--data-offset", type=int, default=None,
                    help="batch index = step + offset (fresh batches after an earlier run's steps)")
     p.add_argument("--shares", default=None,
-                   help="corpus mixture for the whole run, e.g. math=0.15,mc=0.33,bio=0.25,natural=0.15,drill=0.12")
+                   help="corpus mixture for the whole run, e.g. "
+                        "math=0.15,mc=0.33,bio=0.25,natural=0.15,drill=0.12")
     p.add_argument("--router-aux-loss-coef", type=float, default=None)
     p.add_argument("--revive-dead-experts", action="store_true",
                    help="copy each layer's busiest expert into experts that route nothing before training")
     p.add_argument("--revive-min-share", type=float, default=None,
-                   help="with --revive-dead-experts: also revive experts below this fraction of the uniform share")
+                   help="with --revive-dead-experts: also revive experts below this fraction of the "
+                        "uniform share")
     p.add_argument("--context-mask-fraction", type=float, default=None,
                    help="share of steps trained under causal context masks of k̂ experts (docs/embedded.md)")
     p.add_argument("--context-mask-segment-share", type=float, default=None,
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = dict(_SIZES[args.size])
     for key in ("steps", "lr", "batch_size", "seq_len", "init_from", "data_offset", "router_aux_loss_coef",
-                "context_mask_fraction", "revive_min_share", "context_mask_segment_share", "context_mask_segment_sample"):
+                "context_mask_fraction", "revive_min_share", "context_mask_segment_share",
+                "context_mask_segment_sample"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.revive_dead_experts:
@@ -102,7 +105,8 @@ def _parse_shares(text: str) -> dict[str, float]:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep or key.strip() not in DRILL_SHARES:
-            raise SystemExit(f"--shares: bad entry {part!r}; expected KEY=VALUE with KEY in {sorted(DRILL_SHARES)}")
+            raise SystemExit(f"--shares: bad entry {part!r}; expected KEY=VALUE with KEY in "
+                             f"{sorted(DRILL_SHARES)}")
         shares[key.strip()] = float(value)
     for key in DRILL_SHARES:
         shares.setdefault(key, 0.0)

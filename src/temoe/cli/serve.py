@@ -76,14 +76,16 @@ def build_engine(args):
     import torch
 
     import temoe
+    from temoe.loading import GPT_OSS_20B_RANDOM
     from temoe.serve.engine import OffloadEngine, make_policy
-    from temoe.serve.models import load_for_serving
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, tokenizer = load_for_serving(args.model, device, num_layers=args.num_layers)
+    # The offloading engine places the weights itself; only the random gpt-oss-20b is built on the device.
+    on_device = device if args.model.startswith(GPT_OSS_20B_RANDOM) else None
+    model, tokenizer = temoe.load_model(args.model, device=on_device, num_layers=args.num_layers)
     controller = None
     if args.checkpoint:
-        from temoe.train.checkpoint import load_for_inference
+        from temoe.inference import load_for_inference
 
         model, handle, controller = load_for_inference(model, args.checkpoint)
     else:

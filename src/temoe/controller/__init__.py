@@ -9,7 +9,6 @@ from temoe.controller.policy import (
     ReplayOutput,
     Trajectory,
     recorded_mask_fn,
-    router_logits_from_handle,
 )
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "SetEncoder",
     "Trajectory",
     "recorded_mask_fn",
-    "router_logits_from_handle",
 ]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from temoe.controller.config import ControllerConfig
@@ -290,22 +289,6 @@ class OptionState:
         return float(traj.betas[keep].mean()) if bool(keep.any()) else float("nan")
 
 
-def router_logits_from_handle(handle: Any) -> RouterLogitsFn:
-    """Router logits h W^T + b recomputed from `handle.router_weight(i)` / `handle.router_bias(i)`.
-
-    Reads the handle's current (possibly trained) router each call; it does not call the router module,
-    whose hooks belong to the handle.
-    """
-
-    def fn(i: int, hidden: Tensor) -> Tensor:
-        weight = handle.router_weight(i).to(hidden.device, torch.float32)
-        bias = handle.router_bias(i)
-        bias = None if bias is None else bias.to(hidden.device, torch.float32)
-        return F.linear(hidden.float(), weight, bias)
-
-    return fn
-
-
 def recorded_mask_fn(option_masks: Tensor, start: int) -> MaskFn:
     """A MaskFn replaying recorded masks in one teacher-forced forward over the whole sequence.
 
@@ -350,7 +333,7 @@ class OptionController(nn.Module):
         controller = cls(handle.num_layers, handle.num_experts, handle.top_k, handle.hidden_size, config)
         for i, layer in enumerate(controller.layers):
             layer.init_selection_from_router(handle.router_weight(i), handle.router_bias(i))
-        controller.router_logits = router_logits_from_handle(handle)
+        controller.router_logits = handle.router_logits
         return controller
 
     @property

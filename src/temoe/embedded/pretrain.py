@@ -422,11 +422,10 @@ def pretrain(out: Path, cfg: PretrainConfig, resume: bool = False, export_path: 
 
     handle = None
     if cfg.context_mask_fraction > 0:
-        from temoe.controller.policy import router_logits_from_handle
         from temoe.moe.wrap import wrap
 
         handle = wrap(model)
-        router_logits = router_logits_from_handle(handle)
+        router_logits = handle.router_logits
         current: dict[str, MaskPlan] = {}
 
         def mask_fn(i: int, hidden: torch.Tensor) -> torch.Tensor:

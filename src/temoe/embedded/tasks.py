@@ -1,4 +1,4 @@
-"""The exact prompt and completion text of each embedded task, and the graders that read the completions.
+"""The exact prompt and completion text of each embedded task (graded by `temoe.eval.tasks.grade`).
 
 `format_prompt(item, task)` is the text the embedded model saw right before an answer during pretraining:
 math answers follow as ` <worked steps> The answer is \\boxed{N}.`, multiple-choice answers as
@@ -7,7 +7,6 @@ math answers follow as ` <worked steps> The answer is \\boxed{N}.`, multiple-cho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,44 +77,3 @@ def lookup_drill(choices: Sequence[str], rng) -> str:
     rng.shuffle(order)
     lines += [f"Find {choices[i]}: {mc_scan(choices, i)}. It is {LETTERS[i]}." for i in order]
     return "\n".join(lines)
-
-
-_BOXED = re.compile(r"\\boxed\{")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} in text (balanced braces), or None."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    i, depth = starts[-1], 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
-
-
-def grade_math(completion: str, answer: str) -> bool:
-    """Exact match of the last \\boxed{} content with the answer (whitespace-insensitive)."""
-    got = last_boxed(completion)
-    return got is not None and got.replace(" ", "") == answer.replace(" ", "")
-
-
-def extract_letter(completion: str) -> str | None:
-    """The answer letter of a completion that follows an 'Answer:' prompt, or None.
-
-    Uses the library's strict extraction (`temoe.eval.graders.extract_choice`) on "Answer:" + completion, so
-    ` Morsk. The answer is B.` and a bare ` B` both give "B", and an ambiguous ` A or B` gives None.
-    """
-    from temoe.eval.graders import extract_choice
-
-    return extract_choice("Answer:" + completion, LETTERS)
-
-
-def grade_mc(completion: str, answer: str) -> bool:
-    """The extracted letter is the correct one."""
-    return extract_letter(completion) == answer

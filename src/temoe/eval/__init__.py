@@ -1,4 +1,4 @@
-"""Evaluation: task objects, pure graders, batched generation runner and summary statistics (METHOD §5)."""
+"""Evaluation: task objects, pure graders, evaluation runs with one record per question (paper §5)."""
 
 from temoe.eval.graders import extract_boxed, extract_choice, is_equiv, last_boxed_only_string
 

@@ -8,14 +8,14 @@ Option state is reset per sequence: each harness batch gets a fresh `source.star
   apply to the one forward. A controller runs the first position as its prompt (ω_0 = the router's top-k̂
   there) and then controls every later position teacher-forced, in one cached forward (its decisions are
   sequential per position inside the call), the way it runs during generation.
-- generate_until (`_model_generate`): temoe's own cached sampler (`temoe.eval.runner.generate_from_ids`), the
+- generate_until (`_model_generate`): the batched runner (`temoe.rollout.runner.generate_from_ids`), the
   same code path as `temoe eval`; `do_sample`, `temperature`, `top_p` come from the task's generation kwargs.
 
 Usage (Python API; needs `pip install lm-eval`):
 
     import lm_eval, temoe
     from temoe.eval.lm_eval import TemoeLM
-    from temoe.eval.masks import BaseSource
+    from temoe.rollout.masks import BaseSource
     model, tok = temoe.load_model("tiny")
     lm = TemoeLM(temoe.wrap(model), tok, BaseSource(k_hat=16), batch_size=8)
     results = lm_eval.simple_evaluate(model=lm, tasks=["my_local_task"],
@@ -29,8 +29,8 @@ from contextlib import nullcontext
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from temoe.eval.masks import ControllerSource, MaskSource
-from temoe.eval.runner import GenerationConfig, generate_from_ids
+from temoe.rollout.masks import ControllerSource, MaskSource
+from temoe.rollout.runner import GenerationConfig, generate_from_ids
 
 __all__ = ["TemoeLM"]
 

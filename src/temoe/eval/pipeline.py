@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
-from temoe.eval.masks import BaseSource, ControllerSource
-from temoe.eval.runner import GenerationConfig, evaluate
+from temoe.baselines import baseline_source
+from temoe.eval.runner import evaluate
 from temoe.eval.tasks import Task
+from temoe.inference import load_for_inference
+from temoe.rollout.masks import BaseSource, ControllerSource
+from temoe.rollout.runner import GenerationConfig
 
 __all__ = ["load_controller", "evaluate_method", "write_summary"]
 
@@ -20,9 +23,7 @@ METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller
 
 
 def load_controller(model, checkpoint: str | Path):
-    """`temoe.train.checkpoint.load_for_inference`: (model with LoRA merged, handle, controller)."""
-    from temoe.train.checkpoint import load_for_inference
-
+    """`temoe.inference.load_for_inference`: (model with LoRA merged, handle, controller)."""
     return load_for_inference(model, checkpoint)
 
 
@@ -56,8 +57,6 @@ def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
                                   selection_mode=selection_mode)
         return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
                         progress=progress)
-    from temoe.baselines import baseline_source
-
     with baseline_source(method, handle, tokenizer, k_hat, calibration=calibration, cache_dir=cache_dir,
                          seed=generation.seed, random_variant=random_variant) as source:
         return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,

@@ -2,7 +2,7 @@
 
 One forward hook per router (prepend=True) re-routes under the active mask and records traces; one pre/post
 hook pair per MoE block records the call shape (B, S) and checks that the router hook fired (fused kernels and
-native MXFP4 bypass the router module, survey §6). `handle.unwrap()` removes every hook.
+native MXFP4 bypass the router module). `handle.unwrap()` removes every hook.
 Shapes: B batch, S tokens of one forward call, T = B*S, L MoE layers, N experts, k routed, H hidden.
 """
 
@@ -120,6 +120,17 @@ class MoEHandle:
         bias = getattr(self.routers[i], "bias", None) if self.spec.family == "topk_softmax" else None
         return None if bias is None else bias.detach().float().clone()
 
+    def router_logits(self, i: int, hidden: Tensor) -> Tensor:
+        """Router logits h W^T + b of MoE layer i from its current (possibly trained) weights, float32.
+
+        hidden (..., H) -> (..., N). Does not call the router module (its hooks belong to this handle), so it
+        is safe inside a mask function (the controller's ω_0 = router top-k̂).
+        """
+        weight = self.routers[i].weight.detach().to(hidden.device, torch.float32)
+        bias = self.router_bias(i)
+        bias = None if bias is None else bias.to(hidden.device)
+        return nn.functional.linear(hidden.float(), weight, bias)
+
     # -- context managers ---------------------------------------------------------------------------------
     @contextmanager
     def restrict(self, masks: Tensor | MaskFn) -> Iterator[None]:
@@ -216,7 +227,8 @@ class MoEHandle:
             raise ValueError(
                 f"mask function returned {got} for MoE layer {i}; expected bool of shape {expected}"
             )
-        if not getattr(self._masks, "temoe_counts_checked", False):  # set by mask fns that guarantee k̂ per row
+        # `temoe_counts_checked` is set by mask functions that guarantee k̂ allowed experts per row.
+        if not getattr(self._masks, "temoe_counts_checked", False):
             self._check_counts(allowed, f"mask function output for MoE layer {i}")
         return allowed.to(logits.device).reshape(-1, self.num_experts)
 

@@ -21,8 +21,8 @@ def kl_reward(teacher_log_probs: Tensor, student_log_probs: Tensor, valid: Tenso
     """r_t = scale · (log p_teacher(a_t) - log p_student(a_t)) (Alg. 2 line 13), 0 at padding.
 
     teacher_log_probs, student_log_probs, valid (B, T) -> (rewards (B, T), stats). Under student sampling
-    -r_t is an unbiased per-token estimate of KL(student ‖ teacher). The authors' code divides by 512,
-    which changes the scale of Q - V relative to η; the paper states no scale, so the default is 1.
+    -r_t is an unbiased per-token estimate of KL(student ‖ teacher). The paper states no scale, so the default
+    is 1; a scale changes the size of Q - V relative to η.
     """
     m = valid.float()
     log_ratio = (teacher_log_probs.float() - student_log_probs.float()) * m

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from temoe.controller import OptionController, Trajectory
+from temoe.rl.reward import kl_reward
 from temoe.rollout.sampling import forced_sample, mixed_sample
 
 
@@ -55,8 +56,9 @@ class RolloutBatch:
 
     @property
     def rewards(self) -> Tensor:
-        """r_t = log p_teacher(a_t) − log π(a_t) (Alg. 2 l. 13), 0 where not valid. (B, T) float32."""
-        return (self.logp_teacher - self.logp_student) * self.valid
+        """r_t = log p_teacher(a_t) − log π(a_t) (Alg. 2 l. 13, `temoe.rl.kl_reward`), 0 where not valid.
+        (B, T) float32."""
+        return kl_reward(self.logp_teacher, self.logp_student, self.valid)[0]
 
     @property
     def num_tokens(self) -> int:

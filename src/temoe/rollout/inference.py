@@ -12,7 +12,8 @@ import torch
 
 from temoe.controller import OptionController
 from temoe.metrics import router_switch_rate, switch_rate
-from temoe.rollout.sampling import nucleus
+from temoe.rollout.sampling import sample_next
+from temoe.rollout.text import encode_prompt, eos_token_ids
 
 
 @dataclass
@@ -25,26 +26,6 @@ class Generation:
     """§2 switch rate over the generated positions (controller: its option masks; base: the router's options
     with k̂ = `k_hat`, k̃ by default). NaN with fewer than 2 generated tokens."""
     num_tokens: int
-
-
-def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
-    """Token ids of one prompt: a user turn plus the generation prompt if the tokenizer has a template."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some tokenizer versions
-            ids = ids["input_ids"]
-        return list(ids)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
-
-
-def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
-    """logits (1, V) -> (1,) greedy at temperature 0, else a draw from the tempered nucleus."""
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    probs = nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -70,9 +51,7 @@ def generate_text(
     device = next(model.parameters()).device
     ids = torch.tensor([encode_prompt(tokenizer, prompt, chat_template)], device=device)  # (1, P)
     generator = torch.Generator(device=device).manual_seed(seed)
-    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list | tuple) else [eos])
+    eos_ids = eos_token_ids(model, tokenizer)
     state = None
     if controller is not None:
         state = controller.new_state(1, generator, mode=controller_mode, record_hidden=False)
@@ -98,7 +77,7 @@ def generate_text(
                         logits_to_keep=1,
                     )
                 cache = out.past_key_values
-            token = int(_next_token(out.logits[:, -1], temperature, top_p, generator))
+            token = int(sample_next(out.logits[:, -1], temperature, top_p, generator))
             out_ids.append(token)
             if token in eos_ids:
                 break

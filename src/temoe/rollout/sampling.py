@@ -1,4 +1,8 @@
-"""Teacher-mixed sampling: p_mix = (1 − τ) p_student + τ p_teacher, nucleus on p_mix (§4, Alg. 2 l. 10–13).
+"""The one token sampler: temperature, top-p and teacher mixing, for rollouts, evaluation and serving.
+
+`sample_next` draws from one model's tempered nucleus (greedy at temperature 0); `mixed_sample` draws from
+the teacher-student mixture p_mix = (1 − τ) p_student + τ p_teacher, nucleus on p_mix (§4, Alg. 2 l. 10–13).
+Both use the same `nucleus` rule and the same draw from an explicit `torch.Generator`.
 
 How top-p combines with the mixture (the paper states both; the authors' code applied no top-p): the two
 distributions are tempered and mixed first, the nucleus is taken on the *mixture* (the smallest set of tokens
@@ -53,6 +57,20 @@ def nucleus(probs: Tensor, top_p: float) -> Tensor:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
+def sample_next(logits: Tensor, temperature: float, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """(B, V) next-token logits -> (B,) long token ids: argmax at temperature <= 0, else a draw from
+    nucleus(softmax(logits / temperature), top_p). `generator` must live on the logits' device."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return _draw(nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p), generator)
+
+
+def _draw(q: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row from probabilities q (B, V) -> (B,) long."""
+    return torch.multinomial(q, 1, generator=generator).squeeze(-1)
+
+
 def mixed_sample(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -71,7 +89,7 @@ def mixed_sample(
     p_student_temp = torch.softmax(s / temperature, dim=-1)
     p_mix = (1.0 - tau) * p_student_temp + tau * torch.softmax(t / temperature, dim=-1)
     q = nucleus(p_mix, top_p)
-    tokens = torch.multinomial(q, 1, generator=generator).squeeze(-1)  # (B,)
+    tokens = _draw(q, generator)  # (B,)
     pick = tokens.unsqueeze(-1)
     logp_student, logp_teacher, kl = _scores(s, t, pick)
     q_a = q.gather(-1, pick).squeeze(-1)

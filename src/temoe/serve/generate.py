@@ -9,24 +9,9 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import DynamicCache
 
+from temoe.rollout.sampling import sample_next
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.stats import TokenTimer
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_p: float = 1.0, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, V): argmax at temperature 0, else top-p
-    sampling."""
-    if temperature <= 0:
-        return logits.argmax(-1, keepdim=True)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix with mass >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator)
 
 
 def decode_steps(
@@ -63,7 +48,7 @@ def decode_steps(
                 logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[:, -1]  # (1, V)
             if step == 0 and on_prefill_done is not None:
                 on_prefill_done()
-            x = sample_next(logits, temperature, top_p, generator)
+            x = sample_next(logits, temperature, top_p, generator)[:, None]  # (1, 1)
         if step > 0:
             engine.decode_tokens += 1
         engine.last_cache = cache
@@ -133,7 +118,7 @@ def generate_offloaded(
         except RuntimeError as err:
             raise RuntimeError(
                 f"{err}; pass its handle as generate_offloaded(..., handle=handle) (e.g. the one "
-                "returned by temoe.train.checkpoint.load_for_inference)"
+                "returned by temoe.inference.load_for_inference)"
             ) from None
     try:
         route, k_hat, state = resolve_masks(

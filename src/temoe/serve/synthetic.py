@@ -13,8 +13,6 @@ import random
 
 import torch
 
-from temoe.controller.policy import router_logits_from_handle
-
 
 class SyntheticOptions:
     """Factory of per-request MaskFns (`mask_fn()`), each with its own option state and seeded generator."""
@@ -33,7 +31,7 @@ class SyntheticOptions:
             switch_rate,
             seed,
         )
-        self.logits = router_logits_from_handle(handle)
+        self.logits = handle.router_logits
         self._requests = 0
 
     @property

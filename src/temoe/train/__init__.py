@@ -1,7 +1,6 @@
 """temoe.train: option-critic controller training with on-policy self-distillation (paper Alg. 2)."""
 
-from temoe.train.checkpoint import load_for_inference
 from temoe.train.config import TrainConfig, load_config
 from temoe.train.trainer import RunResult, train
 
-__all__ = ["RunResult", "TrainConfig", "load_config", "load_for_inference", "train"]
+__all__ = ["RunResult", "TrainConfig", "load_config", "train"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from temoe.prompts import keep_fitting, load_prompts
-from temoe.rollout.inference import encode_prompt
+from temoe.rollout.text import encode_prompt
 
 
 def resolve_prompts_path(spec: str) -> Path:

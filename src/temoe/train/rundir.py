@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from temoe.train.checkpoint import resolve_checkpoint, verify_checkpoint
+from temoe.inference import resolve_checkpoint, verify_checkpoint
 from temoe.train.config import flatten
 
 log = logging.getLogger("temoe.train")

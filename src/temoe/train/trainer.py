@@ -11,7 +11,6 @@ Shapes: B prompts per process, P prompt tokens, T generated tokens (+1 bootstrap
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 import temoe
 from temoe.controller import OptionController, recorded_mask_fn
+from temoe.inference import resolve_checkpoint
 from temoe.metrics import switch_rate
 from temoe.moe.lora import add_lora, snapshot_routers, teacher_mode
 from temoe.rl import (
@@ -39,7 +39,8 @@ from temoe.rl import (
     token_log_probs,
 )
 from temoe.rollout.generate import RolloutBatch, position_ids_from_mask, rollout
-from temoe.train.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+from temoe.rollout.text import eos_token_ids
+from temoe.train.checkpoint import load_training_state, save_checkpoint
 from temoe.train.config import TrainConfig
 from temoe.train.data import PromptSource
 from temoe.train.logging import MetricsLogger
@@ -372,7 +373,7 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
     """Per-sequence statistics (B,) float32 and the pooled β values at decision positions."""
     valid = batch.valid
     n = valid.sum(1).clamp_min(1).float()
-    reward = (batch.logp_teacher - batch.logp_student).mul(valid).sum(1) / n  # neg. KL per token
+    reward = batch.rewards.sum(1) / n  # neg. KL per token (r_t is zero outside valid)
     kl = (batch.kl * valid).sum(1) / n  # exact KL per token at the visited states
     teacher_ppl = torch.exp(-(batch.logp_teacher * valid).sum(1) / n)
     traj = batch.trajectory
@@ -513,60 +514,21 @@ def build_student(config: TrainConfig, model, device: torch.device):
 
 
 def load_model_for_training(config: TrainConfig, accelerator: Accelerator):
-    """(model, tokenizer, eos ids, pad id); the one place that decides the weight dtype (and logs why).
+    """(model, tokenizer, eos ids, pad id) from `temoe.load_model`, the one resolver of model names.
 
-    `testing:MODEL_TYPE` builds `temoe.testing.tiny_model(MODEL_TYPE)` (no tokenizer: prompts are synthetic).
-    `gpt-oss-20b-random[:LAYERS]` builds the real gpt-oss-20b shape with random bf16 weights directly on the
-    accelerator's device, with the character tokenizer (`temoe.serve.models`; for memory and step-time
-    benchmarks, `benchmarks/bench_train_step.py`; CPU needs a layer count).
-    Local gpt-oss MXFP4 checkpoints load with `Mxfp4Config(dequantize=True)` in bf16 (§5).
+    `testing:MODEL_TYPE` trains on synthetic prompts (tokenizer None); `gpt-oss-20b-random[:LAYERS]` is built
+    on the accelerator's device (`benchmarks/bench_train_step.py`; CPU needs a layer count).
     """
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-    if config.model.startswith("testing:"):
-        from temoe.testing import tiny_model
-
-        model = tiny_model(config.model.split(":", 1)[1], seed=0, dtype=dtype or torch.float32)
-        return model, None, [model.config.eos_token_id], model.config.pad_token_id
-    if config.model.split(":", 1)[0] == "gpt-oss-20b-random":
-        from temoe.serve.models import gpt_oss_20b_random
-
-        _, _, layers = config.model.partition(":")
-        if layers and not (layers.isdigit() and int(layers) > 0):
-            raise ValueError(f"config key model={config.model!r}: expected gpt-oss-20b-random[:LAYERS], "
-                             "LAYERS a positive integer")
-        model, tokenizer = gpt_oss_20b_random(accelerator.device, int(layers) if layers else None,
-                                              seed=config.seed)
-        log.info("dtype policy: gpt-oss-20b-shaped random model in bf16 on %s", accelerator.device)
-        return model, tokenizer, [tokenizer.eos_token_id], tokenizer.pad_token_id
-    path = Path(config.model)
-    quant = {}
-    if (path / "config.json").is_file():
-        quant = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
-    if quant.get("quant_method") == "mxfp4":
-        from transformers import AutoModelForCausalLM, AutoTokenizer, Mxfp4Config
-
-        dtype = dtype or torch.bfloat16
-        log.info("dtype policy: MXFP4 checkpoint dequantised to %s (LoRA needs dense weights, §5)", dtype)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            quantization_config=Mxfp4Config(dequantize=True),
-            experts_implementation="grouped_mm",
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    else:
-        model, tokenizer = temoe.load_model(config.model, dtype=dtype)
-    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    model, tokenizer = temoe.load_model(config.model, dtype=dtype, device=accelerator.device)
+    eos_ids, pad = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     log.info(
         "dtype policy: weights %s (config dtype=%s), mixed precision %s, RL arithmetic float32",
         next(model.parameters()).dtype,
         config.dtype,
         accelerator.mixed_precision,
     )
-    return model, tokenizer, eos_ids, pad
+    return model, None if config.model.startswith("testing:") else tokenizer, eos_ids, pad
 
 
 def load_prompts(

@@ -1,6 +1,6 @@
 """Measure a checkpoint against the embedded bars: accuracy, base switch rates and expert usage.
 
-`python -m temoe.embedded.measure [--model tiny] [--out runs/measure]` writes `summary.json` and one JSONL
+`python -m temoe.eval.measure [--model tiny] [--out runs/measure]` writes `summary.json` and one JSONL
 record per test item / prompt. Accuracy is greedy (temperature 0) on the full held-out sets; switch rates
 follow §2 over generated tokens (temperature 0.5, seed 42); usage counts the routed experts per category.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 import temoe
-from temoe.embedded import load_jsonl, tasks
+from temoe.embedded import load_jsonl
+from temoe.embedded.tasks import TASKS, format_prompt
+from temoe.eval import tasks
 from temoe.loading import load_model
 
 
@@ -36,13 +38,20 @@ def generate_greedy(
     return out
 
 
+def grade(task: str, completion: str, answer: str) -> bool:
+    """Whether a completion of an embedded task's prompt (`temoe.embedded.tasks.format_prompt`) is right, by
+    the library's one grader (`temoe.eval.tasks.grade`); MC prompts end in the answer cue "Answer:"."""
+    if task == "math":
+        return tasks.grade("math", completion, str(answer))[1]
+    return tasks.grade("mc", "Answer:" + completion, str(answer))[1]
+
+
 def accuracy(model, tokenizer, task: str, limit: int | None = None) -> tuple[float, list[dict]]:
     """Greedy accuracy on a shipped test file; returns (accuracy, per-item records)."""
     name = {"math": "math_test", "mc": "mc_test", "mc_multilingual": "mc_multilingual_test"}[task]
     items = load_jsonl(name)[:limit]
-    prompts = [tasks.format_prompt(item, task) for item in items]
+    prompts = [format_prompt(item, task) for item in items]
     completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=64 if task == "math" else 48)
-    grade = tasks.grade_math if task == "math" else tasks.grade_mc
     records = [
         {
             "id": it["id"],
@@ -50,7 +59,7 @@ def accuracy(model, tokenizer, task: str, limit: int | None = None) -> tuple[flo
             "lang": it.get("lang", "en"),
             "completion": c,
             "answer": it["answer"],
-            "correct": grade(c, it["answer"]),
+            "correct": grade(task, c, it["answer"]),
         }
         for it, c in zip(items, completions)
     ]
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_grad_enabled(False)
     model, tokenizer = load_model(args.model)
     summary: dict = {"model": args.model, "settings": vars(args) | {"out": str(args.out)}}
-    for task in tasks.TASKS:
+    for task in TASKS:
         t0 = time.time()
         acc, records = accuracy(model, tokenizer, task, args.limit)
         summary[f"accuracy/{task}"] = acc

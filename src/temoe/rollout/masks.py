@@ -1,7 +1,7 @@
 """Where an evaluated method's expert masks come from: the base model, a static baseline mask, per-token
 random masks, or a trained controller. Each `MaskSource` also defines how its switch rate is measured.
 
-Switch-rate definitions (METHOD §2), over the generated positions of one sequence:
+Switch-rate definitions (paper §2), over the generated positions of one sequence:
 - "router": the base-model definition `temoe.metrics.router_switch_rate` (the router itself as the option
   policy with k̂ slots). For a static baseline mask it is applied to the restricted routing (logits outside
   the mask set to −inf), where the option can never change: 0.
@@ -140,7 +140,7 @@ class ControllerSource(MaskSource):
     """A trained `OptionController`: a fresh `OptionState` per batch, switch rate of its option masks.
 
     mode: "sample" (d_t ~ Bernoulli(β_t), Plackett–Luce selection; the paper's switch rates come from sampling
-    mode, digest §4) or "greedy". `generator` drives the controller's draws (seeded by the caller).
+    mode) or "greedy". `generator` drives the controller's draws (seeded by the caller).
     """
 
     switch_definition = "mask"
