@@ -103,11 +103,11 @@ class _Slots:
         return hits, len(critical) + len(background)
 
 
-def check_budget(budget: int, k_tilde: int, num_experts: int) -> None:
-    """Raise ValueError unless k̃ <= budget <= N."""
-    if not k_tilde <= budget <= num_experts:
-        raise ValueError(f"budget {budget} is out of range; need k_tilde = {k_tilde} <= budget <= "
-                         f"num_experts = {num_experts}")
+def check_budget(budget: int, minimum: int, num_experts: int) -> None:
+    """Raise ValueError unless minimum (k̃ for caches, k̂ for options) <= budget <= N."""
+    if not minimum <= budget <= num_experts:
+        raise ValueError(f"budget {budget} is out of range; need {minimum} (the experts one token or option "
+                         f"needs) <= budget <= num_experts = {num_experts}")
 
 
 def _wanted(record: dict, policy: str, i: int, T: int) -> list[frozenset[int]] | frozenset[int]:
