@@ -1,10 +1,14 @@
-"""`temoe eval`: accuracy and switch rate of the base model, a pruning baseline or a trained controller on
-a task (METHOD §5), written as a summary JSON and optionally one JSON record per question."""
+"""`temoe eval`: accuracy, switch rate and expert loads per token of the base model, a pruning baseline, a
+method users would pick instead (expert caches, cache-conditional routing, REAP, the demand rule) or a
+trained controller on a task (METHOD §5), written as a summary JSON and optionally one record per question."""
 
 from __future__ import annotations
 
 import json
 import sys
+
+METHOD_CHOICES = ("base", "frequency", "reconstruction", "random", "wanda", "lru", "lfu", "cache-prior",
+                  "reap", "demand", "controller")
 
 
 def register(sub) -> None:
@@ -14,11 +18,25 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--model", default="tiny",
                    help='"tiny" (embedded model), a local HF directory, or testing:<model_type>')
+    p.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir); "
+                                        "implies --method controller")
     method = p.add_mutually_exclusive_group()
-    method.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir)")
+    method.add_argument("--method", choices=METHOD_CHOICES,
+                        help="what decides the experts (default: base, or controller with --checkpoint)")
     method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
-                        help="pruning baseline at the same k̂ (default: the base model)")
+                        help="alias of --method for the pruning baselines")
     p.add_argument("--k-hat", type=int, required=True, help="allowed experts per layer k̂ (k̃ <= k̂ <= N)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="expert slots per layer B for loads_per_token and the caches of lru / lfu / "
+                        "cache-prior (default: k̂)")
+    p.add_argument("--strength", type=float, default=0.5,
+                   help="cache-prior: bonus λ >= 0 of resident experts, in units of the token's router-logit "
+                        "range (0 = the base model)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="demand: switch when the router's mass outside the option exceeds τ in (0, 1)")
+    p.add_argument("--decay", type=float, default=0.9,
+                   help="demand: decay of the moving average of router probabilities the option is chosen "
+                        "from")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", help="local file or directory of the task (hendrycks-math, mmlu, mmmlu)")
     p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
@@ -65,15 +83,19 @@ def run(args) -> int:
     model, tokenizer = load_model(args.model)
     model = model.to(device).eval()
     controller, eta = None, None
+    method = args.method or args.baseline or ("controller" if args.checkpoint else "base")
+    if (method == "controller") != bool(args.checkpoint):
+        need = "needs" if method == "controller" else "takes no"
+        raise ValueError(f"--method {method} {need} --checkpoint")
     if args.checkpoint:
         from temoe.train.checkpoint import read_meta, resolve_checkpoint
 
         model, handle, controller = load_controller(model, args.checkpoint)
-        method = "controller"
         eta = read_meta(resolve_checkpoint(args.checkpoint))["train_config"].get("eta")  # the η column
     else:
         handle = temoe.wrap(model)
-        method = args.baseline or "base"
+    peer_options = {"cache-prior": {"strength": args.strength},
+                    "demand": {"threshold": args.threshold, "decay": args.decay}}.get(method)
     calibration = CalibrationConfig(num_prompts=args.calibration_size,
                                     max_total_tokens=args.calibration_tokens,
                                     prompts_file=args.calibration_prompts, seed=args.seed)
@@ -86,10 +108,12 @@ def run(args) -> int:
                                  selection_mode=args.selection_mode, calibration=calibration,
                                  cache_dir=args.cache_dir,
                                  random_variant="fixed" if args.random_fixed else "per-token",
-                                 records_path=args.records, progress=progress)
+                                 records_path=args.records, progress=progress, budget=args.budget,
+                                 peer_options=peer_options)
     print(file=sys.stderr)
     summary.update(model=args.model, checkpoint=args.checkpoint)
     write_summary(args.json, summary)
-    keys = ("method", "task", "k_hat", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci")
+    keys = ("method", "task", "k_hat", "budget", "n", "accuracy", "accuracy_ci", "switch_rate",
+            "switch_rate_ci", "loads_per_token")
     print(json.dumps({k: summary.get(k) for k in keys}))
     return 0

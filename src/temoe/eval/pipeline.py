@@ -1,5 +1,6 @@
-"""One evaluation run end to end: a method name (base, a pruning baseline, a trained controller) -> its
-`MaskSource` -> `evaluate` -> summary JSON and records JSONL. Shared by `temoe eval` and `temoe demo`."""
+"""One evaluation run end to end: a method name (base, a pruning baseline, a peer method, a trained
+controller) -> its `MaskSource` -> `evaluate` -> summary JSON and records JSONL. Shared by `temoe eval` and
+`temoe demo`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from temoe.eval.tasks import Task
 __all__ = ["load_controller", "evaluate_method", "write_summary"]
 
 METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
+#: Methods users would pick instead (`temoe.baselines.peers.PEER_METHODS`).
+PEER_METHODS = ("lru", "lfu", "cache-prior", "reap", "demand")
 
 
 def load_controller(model, checkpoint: str | Path):
@@ -31,20 +34,30 @@ def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
                     controller_mode: str = "sample", selection_mode: str | None = None, calibration=None,
                     cache_dir: str | Path | None = None,
                     random_variant: str = "per-token", records_path: str | Path | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
+                    progress: Callable[[int, int], None] | None = None, budget: int | None = None,
+                    peer_options: dict[str, float] | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Evaluate `method` at k̂ = `k_hat` on `task`; returns (summary, records).
 
-    method: one of `METHODS`. "controller" needs `controller` (from `load_controller`, whose handle must be
-    the `handle` passed here); `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it
-    picks an option at a termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in
+    method: one of `METHODS` or `PEER_METHODS`. `budget`: expert slots per layer for `loads_per_token`
+    (default k̂) and for the caches of lru / lfu / cache-prior. `peer_options`: the peer method's knob
+    (`strength` of cache-prior, `threshold` / `decay` of demand; `temoe.baselines.peers.peer_source`).
+    "controller" needs `controller` (from `load_controller`, whose handle must be the `handle` passed here);
+    `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it picks an option at a
+    termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in
     `cache_dir`. The controller's draws use a generator seeded with the generation seed.
     """
     generation = generation or GenerationConfig()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method not in METHODS + PEER_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS + PEER_METHODS)}")
+    run = dict(records_path=records_path, progress=progress, budget=budget)
+    if method in PEER_METHODS:
+        from temoe.baselines.peers import peer_source
+
+        with peer_source(method, handle, tokenizer, k_hat, budget=budget, calibration=calibration,
+                         cache_dir=cache_dir, **(peer_options or {})) as source:
+            return evaluate(handle, tokenizer, task, source, generation, **run)
     if method == "base":
-        return evaluate(handle, tokenizer, task, BaseSource(k_hat), generation, records_path=records_path,
-                        progress=progress)
+        return evaluate(handle, tokenizer, task, BaseSource(k_hat), generation, **run)
     if method == "controller":
         if controller is None:
             raise ValueError("method 'controller' needs a trained controller (CLI: --checkpoint DIR)")
@@ -54,14 +67,12 @@ def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
         gen = torch.Generator(device=next(controller.parameters()).device).manual_seed(generation.seed)
         source = ControllerSource(controller, gen, mode=controller_mode, eta=eta,
                                   selection_mode=selection_mode)
-        return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
-                        progress=progress)
+        return evaluate(handle, tokenizer, task, source, generation, **run)
     from temoe.baselines import baseline_source
 
     with baseline_source(method, handle, tokenizer, k_hat, calibration=calibration, cache_dir=cache_dir,
                          seed=generation.seed, random_variant=random_variant) as source:
-        return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
-                        progress=progress)
+        return evaluate(handle, tokenizer, task, source, generation, **run)
 
 
 def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
