@@ -11,11 +11,8 @@ METHOD_CHOICES = ("base", "frequency", "reconstruction", "random", "wanda", "lru
                   "reap", "demand", "controller")
 
 
-def register(sub) -> None:
-    from temoe.eval.tasks import TASKS
-
-    p = sub.add_parser("eval", help="Evaluate the base model, a baseline or a controller on a task.",
-                       description=__doc__)
+def add_method_arguments(p) -> None:
+    """The options that pick a method and its knobs (shared by `temoe eval` and `temoe trace`)."""
     p.add_argument("--model", default="tiny",
                    help='"tiny" (embedded model), a local HF directory, or testing:<model_type>')
     p.add_argument("--checkpoint", help="trained controller checkpoint directory (run dir or step dir); "
@@ -25,7 +22,6 @@ def register(sub) -> None:
                         help="what decides the experts (default: base, or controller with --checkpoint)")
     method.add_argument("--baseline", choices=("frequency", "reconstruction", "random", "wanda"),
                         help="alias of --method for the pruning baselines")
-    p.add_argument("--k-hat", type=int, required=True, help="allowed experts per layer k̂ (k̃ <= k̂ <= N)")
     p.add_argument("--budget", type=int, default=None,
                    help="expert slots per layer B for loads_per_token and the caches of lru / lfu / "
                         "cache-prior (default: k̂)")
@@ -37,15 +33,6 @@ def register(sub) -> None:
     p.add_argument("--decay", type=float, default=0.9,
                    help="demand: decay of the moving average of router probabilities the option is chosen "
                         "from")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--data", help="local file or directory of the task (hendrycks-math, mmlu, mmmlu)")
-    p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
-    p.add_argument("--json", required=True, help="summary JSON output path")
-    p.add_argument("--records", help="per-question JSONL output path")
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="§5: 2048")
-    p.add_argument("--temperature", type=float, default=0.5, help="§5: 0.5")
-    p.add_argument("--top-p", type=float, default=0.95, help="§5: 0.95")
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=42, help="question sample and sampling seed (§5: 42)")
     p.add_argument("--random-fixed", action="store_true",
                    help="random baseline: one fixed random subset per layer instead of a fresh set per token")
@@ -61,55 +48,79 @@ def register(sub) -> None:
     p.add_argument("--cache-dir", default=".temoe-cache", help="calibration and baseline-mask cache")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def register(sub) -> None:
+    from temoe.eval.tasks import TASKS
+
+    p = sub.add_parser("eval", help="Evaluate the base model, a baseline or a controller on a task.",
+                       description=__doc__)
+    add_method_arguments(p)
+    p.add_argument("--k-hat", type=int, required=True, help="allowed experts per layer k̂ (k̃ <= k̂ <= N)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--data", help="local file or directory of the task (hendrycks-math, mmlu, mmmlu)")
+    p.add_argument("--limit", type=int, default=200, help="questions drawn with --seed (§5: 200)")
+    p.add_argument("--json", required=True, help="summary JSON output path")
+    p.add_argument("--records", help="per-question JSONL output path")
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="§5: 2048")
+    p.add_argument("--temperature", type=float, default=0.5, help="§5: 0.5")
+    p.add_argument("--top-p", type=float, default=0.95, help="§5: 0.95")
+    p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def load_method(args) -> tuple[str, object, object, dict]:
+    """(method, handle, tokenizer, keyword arguments of `temoe.eval.pipeline.method_source`) from the
+    options of `add_method_arguments`; loads the model (and the controller checkpoint) on the device."""
     import torch
 
     import temoe
     from temoe.baselines import CalibrationConfig
-    from temoe.eval.pipeline import evaluate_method, load_controller, write_summary
-    from temoe.eval.runner import GenerationConfig
-    from temoe.eval.tasks import load_task
+    from temoe.eval.pipeline import load_controller
     from temoe.loading import load_model
 
-    task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
-    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+    method = args.method or args.baseline or ("controller" if args.checkpoint else "base")
+    if (method == "controller") != bool(args.checkpoint):
+        need = "needs" if method == "controller" else "takes no"
+        raise ValueError(f"--method {method} {need} --checkpoint")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(args.model)
     model = model.to(device).eval()
-    controller, eta = None, None
-    method = args.method or args.baseline or ("controller" if args.checkpoint else "base")
-    if (method == "controller") != bool(args.checkpoint):
-        need = "needs" if method == "controller" else "takes no"
-        raise ValueError(f"--method {method} {need} --checkpoint")
+    options = dict(controller_mode=args.controller_mode, selection_mode=args.selection_mode,
+                   cache_dir=args.cache_dir, random_variant="fixed" if args.random_fixed else "per-token",
+                   calibration=CalibrationConfig(num_prompts=args.calibration_size,
+                                                 max_total_tokens=args.calibration_tokens,
+                                                 prompts_file=args.calibration_prompts, seed=args.seed),
+                   peer_options={"cache-prior": {"strength": args.strength},
+                                 "demand": {"threshold": args.threshold, "decay": args.decay}}.get(method))
     if args.checkpoint:
         from temoe.train.checkpoint import read_meta, resolve_checkpoint
 
         model, handle, controller = load_controller(model, args.checkpoint)
         eta = read_meta(resolve_checkpoint(args.checkpoint))["train_config"].get("eta")  # the η column
+        options.update(controller=controller, eta=eta)
     else:
         handle = temoe.wrap(model)
-    peer_options = {"cache-prior": {"strength": args.strength},
-                    "demand": {"threshold": args.threshold, "decay": args.decay}}.get(method)
-    calibration = CalibrationConfig(num_prompts=args.calibration_size,
-                                    max_total_tokens=args.calibration_tokens,
-                                    prompts_file=args.calibration_prompts, seed=args.seed)
+    return method, handle, tokenizer, options
+
+
+def run(args) -> int:
+    from temoe.eval.pipeline import evaluate_method, write_summary
+    from temoe.eval.runner import GenerationConfig
+    from temoe.eval.tasks import load_task
+
+    task = load_task(args.task, args.data, limit=args.limit, seed=args.seed)
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+    method, handle, tokenizer, options = load_method(args)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{method} {args.task}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
     summary, _ = evaluate_method(handle, tokenizer, task, method, args.k_hat, generation=generation,
-                                 controller=controller, eta=eta, controller_mode=args.controller_mode,
-                                 selection_mode=args.selection_mode, calibration=calibration,
-                                 cache_dir=args.cache_dir,
-                                 random_variant="fixed" if args.random_fixed else "per-token",
-                                 records_path=args.records, progress=progress, budget=args.budget,
-                                 peer_options=peer_options)
+                                 records_path=args.records, progress=progress, budget=args.budget, **options)
     print(file=sys.stderr)
     summary.update(model=args.model, checkpoint=args.checkpoint)
     write_summary(args.json, summary)

@@ -17,12 +17,13 @@ from temoe.cli import (
     serve,
     simulate,
     switch_rate,
+    trace,
     train,
 )
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func=run`.
 _COMMANDS = (switch_rate, info, pretrain, train, generate, eval_cmd, report, demo, plot, serve, bench,
-             simulate)
+             trace, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,17 +5,18 @@ controller) -> its `MaskSource` -> `evaluate` -> summary JSON and records JSONL.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from temoe.eval.masks import BaseSource, ControllerSource
+from temoe.eval.masks import BaseSource, ControllerSource, MaskSource
 from temoe.eval.runner import GenerationConfig, evaluate
 from temoe.eval.tasks import Task
 
-__all__ = ["load_controller", "evaluate_method", "write_summary"]
+__all__ = ["load_controller", "evaluate_method", "method_source", "write_summary"]
 
 METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
 #: Methods users would pick instead (`temoe.baselines.peers.PEER_METHODS`).
@@ -30,49 +31,60 @@ def load_controller(model, checkpoint: str | Path):
 
 
 def evaluate_method(handle, tokenizer, task: Task, method: str, k_hat: int, *,
-                    generation: GenerationConfig | None = None, controller=None, eta: float | None = None,
-                    controller_mode: str = "sample", selection_mode: str | None = None, calibration=None,
-                    cache_dir: str | Path | None = None,
-                    random_variant: str = "per-token", records_path: str | Path | None = None,
+                    generation: GenerationConfig | None = None, records_path: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None, budget: int | None = None,
-                    peer_options: dict[str, float] | None = None) -> tuple[dict[str, Any], list[dict]]:
+                    **source_options) -> tuple[dict[str, Any], list[dict]]:
     """Evaluate `method` at k̂ = `k_hat` on `task`; returns (summary, records).
 
-    method: one of `METHODS` or `PEER_METHODS`. `budget`: expert slots per layer for `loads_per_token`
-    (default k̂) and for the caches of lru / lfu / cache-prior. `peer_options`: the peer method's knob
-    (`strength` of cache-prior, `threshold` / `decay` of demand; `temoe.baselines.peers.peer_source`).
-    "controller" needs `controller` (from `load_controller`, whose handle must be the `handle` passed here);
-    `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it picks an option at a
-    termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in
-    `cache_dir`. The controller's draws use a generator seeded with the generation seed.
+    `budget`: expert slots per layer for `loads_per_token` (default k̂) and for the caches of lru / lfu /
+    cache-prior. `source_options` go to `method_source`.
     """
     generation = generation or GenerationConfig()
+    with method_source(handle, tokenizer, method, k_hat, seed=generation.seed, budget=budget,
+                       **source_options) as source:
+        return evaluate(handle, tokenizer, task, source, generation, records_path=records_path,
+                        progress=progress, budget=budget)
+
+
+@contextmanager
+def method_source(handle, tokenizer, method: str, k_hat: int, *, seed: int = 42, controller=None,
+                  eta: float | None = None, controller_mode: str = "sample",
+                  selection_mode: str | None = None, calibration=None, cache_dir: str | Path | None = None,
+                  random_variant: str = "per-token", budget: int | None = None,
+                  peer_options: dict[str, float] | None = None) -> Iterator[MaskSource]:
+    """Yield the `MaskSource` of `method` at k̂ = `k_hat`.
+
+    method: one of `METHODS` or `PEER_METHODS`. `peer_options`: the peer method's knob (`strength` of
+    cache-prior, `threshold` / `decay` of demand; `temoe.baselines.peers.peer_source`), `budget` its cache
+    slots. "controller" needs `controller` (from `load_controller`, whose handle must be the `handle` passed
+    here); `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it picks an option at a
+    termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in `cache_dir`. The
+    controller's draws and the random baseline use generators seeded with `seed`.
+    """
     if method not in METHODS + PEER_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS + PEER_METHODS)}")
-    run = dict(records_path=records_path, progress=progress, budget=budget)
     if method in PEER_METHODS:
         from temoe.baselines.peers import peer_source
 
         with peer_source(method, handle, tokenizer, k_hat, budget=budget, calibration=calibration,
                          cache_dir=cache_dir, **(peer_options or {})) as source:
-            return evaluate(handle, tokenizer, task, source, generation, **run)
-    if method == "base":
-        return evaluate(handle, tokenizer, task, BaseSource(k_hat), generation, **run)
-    if method == "controller":
+            yield source
+    elif method == "base":
+        yield BaseSource(k_hat)
+    elif method == "controller":
         if controller is None:
             raise ValueError("method 'controller' needs a trained controller (CLI: --checkpoint DIR)")
         if controller.k_hat != k_hat:
             raise ValueError(f"the checkpoint's controller was trained with k̂ = {controller.k_hat}, "
                              f"but k_hat={k_hat} was requested")
-        gen = torch.Generator(device=next(controller.parameters()).device).manual_seed(generation.seed)
-        source = ControllerSource(controller, gen, mode=controller_mode, eta=eta,
-                                  selection_mode=selection_mode)
-        return evaluate(handle, tokenizer, task, source, generation, **run)
-    from temoe.baselines import baseline_source
+        gen = torch.Generator(device=next(controller.parameters()).device).manual_seed(seed)
+        yield ControllerSource(controller, gen, mode=controller_mode, eta=eta, selection_mode=selection_mode)
+    else:
+        from temoe.baselines import baseline_source
 
-    with baseline_source(method, handle, tokenizer, k_hat, calibration=calibration, cache_dir=cache_dir,
-                         seed=generation.seed, random_variant=random_variant) as source:
-        return evaluate(handle, tokenizer, task, source, generation, **run)
+        with baseline_source(method, handle, tokenizer, k_hat, calibration=calibration, cache_dir=cache_dir,
+                             seed=seed, random_variant=random_variant) as source:
+            yield source
 
 
 def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
