@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from temoe.traces.simulate import POLICIES
+    from temoe.traces.residency import POLICIES
 
     p = sub.add_parser("simulate", help="Replay a routing trace against an expert cache policy.",
                        description=__doc__)

@@ -31,7 +31,7 @@ class MaskSource:
     """Base class. Subclasses set `name`, `k_hat`, `switch_definition` and override the hooks they need.
 
     `residency` is how a serving engine would hold this method's experts, for `loads_per_token`
-    (`temoe.traces.simulate` policies): "lru" (a cache of the routed experts: the base router, caches,
+    (`temoe.traces.residency` policies): "lru" (a cache of the routed experts: the base router, caches,
     cache-conditional routing), "static" (one fixed set per layer) or "option" (the installed masks).
     """
 

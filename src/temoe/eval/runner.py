@@ -25,7 +25,7 @@ from temoe.eval.masks import MaskSource
 from temoe.eval.stats import summarise
 from temoe.eval.tasks import Task
 from temoe.rollout.sampling import nucleus
-from temoe.traces.simulate import check_budget, simulate_sequence
+from temoe.traces.residency import check_budget, simulate_sequence
 
 __all__ = ["GenerationConfig", "Generation", "generate", "evaluate", "write_records", "eos_token_ids",
            "encode_prompt", "generate_from_ids", "routing_record", "option_changes"]
@@ -219,7 +219,7 @@ def evaluate(handle, tokenizer, task: Task, source: MaskSource, cfg: GenerationC
     `routed_experts` (`active_experts`: per generated position, per MoE layer, the routed expert ids, or the
     option's members for per-token mask sources; see `_active`). `loads` replays the routing against the
     source's residency (`MaskSource.residency`) with `budget` slots per layer (default k̂, else N;
-    `temoe.traces.simulate`). The summary adds the run's settings and `loads_per_token` (Σ loads / Σ decode
+    `temoe.traces.residency`). The summary adds the run's settings and `loads_per_token` (Σ loads / Σ decode
     tokens) to `temoe.eval.stats.summarise`.
     """
     cfg = cfg or GenerationConfig()
