@@ -39,6 +39,11 @@ def test_methods_report_loads_per_token(tmp_path):
     assert prior["accuracy"] == base["accuracy"] and prior["loads_per_token"] == base["loads_per_token"]
     alias = _eval(tmp_path, "--baseline", "frequency")
     assert alias["method"] == "frequency" and alias["loads_per_token"] == 0.0
+    recency = _eval(tmp_path, "--method", "recency", "--train-steps", "1", "--train-batch-size", "2")
+    assert recency["residency"] == "lru" and recency["recency"] == 1.0 and "loss/token_kl" in recency["train"]
+    distill = _eval(tmp_path, "--method", "static-distill", "--train-steps", "1", "--distill-mask", "reap")
+    assert distill["residency"] == "static" and distill["distill_mask"] == "reap"
+    assert distill["masks"] == reap["masks"] and distill["loads_per_token"] == 0.0
 
 
 def test_method_and_checkpoint_must_agree(tmp_path, capsys):

@@ -17,23 +17,30 @@ from typing import Any
 __all__ = ["METHOD_ORDER", "TASK_NAMES", "load_summaries", "summary_rows", "markdown_tables", "heatmaps",
            "training_curves", "build_report"]
 
-METHOD_ORDER = ("base", "lru", "lfu", "cache-prior", "frequency", "reconstruction", "reap", "random",
-                "random-fixed", "wanda", "demand", "controller")
+METHOD_ORDER = ("base", "lru", "lfu", "cache-prior", "recency", "frequency", "reconstruction", "reap",
+                "static-distill", "random", "random-fixed", "wanda", "demand", "controller")
 TASK_NAMES = {"math": "Math", "mc": "MC", "mc-multilingual": "MC-multilingual", "hendrycks-math": "MATH",
               "mmlu": "MMLU", "mmmlu": "MMMLU"}
 _METHOD_LABELS = {"base": "Base model", "frequency": "Frequency", "reconstruction": "Reconstruction loss",
                   "random": "Random (per token)", "random-fixed": "Random (fixed subset)",
                   "wanda": "Wanda (structured)", "lru": "LRU cache", "lfu": "LFU cache",
-                  "cache-prior": "Cache-conditional routing", "reap": "REAP", "demand": "Demand rule"}
+                  "cache-prior": "Cache-conditional routing", "reap": "REAP", "demand": "Demand rule",
+                  "recency": "Router fine-tuning for reuse",
+                  "static-distill": "Self-distillation, fixed mask"}
 
 
 def _variant(s: dict[str, Any]) -> str:
-    """The knob of a method that has one (cache-prior λ, demand τ) and a cache budget that differs from k̂."""
+    """The knobs of a method that has some (cache-prior λ, demand τ, recency weight, distillation mask) and
+    a cache budget that differs from k̂."""
     parts = []
     if s.get("cache_prior_strength") is not None:
         parts.append(f"λ = {s['cache_prior_strength']:g}")
     if s.get("demand_threshold") is not None:
         parts.append(f"τ = {s['demand_threshold']:g}")
+    if s.get("method") == "recency":
+        parts.append(f"recency {s['recency']:g}")
+    if s.get("distill_mask") is not None:
+        parts.append(f"{s['distill_mask']} mask")
     if s.get("budget") is not None and s.get("budget") != s.get("k_hat"):
         parts.append(f"B = {s['budget']}")
     return ", ".join(parts)

@@ -11,10 +11,11 @@ CACHE_POLICIES = ("lru", "lfu")
 
 
 class CacheSource(BaseSource):
-    """No mask (the base router); `residency` is the cache policy the loads are counted under."""
+    """No mask (the base router, or a fine-tuned one: recency); `residency` is the cache policy the loads are
+    counted under."""
 
-    def __init__(self, k_hat: int, policy: str):
+    def __init__(self, k_hat: int, policy: str, name: str | None = None, extra: dict | None = None):
         if policy not in CACHE_POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; valid: {', '.join(CACHE_POLICIES)}")
-        super().__init__(k_hat, name=policy)
+        super().__init__(k_hat, name=name or policy, extra=extra)
         self.residency = policy

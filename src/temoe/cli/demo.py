@@ -20,7 +20,7 @@ from typing import Any
 #: The paper's methods in table order, the demo's default; "controller" is evaluated once per η.
 PAPER_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
 #: Every method the demo can evaluate: the paper's and those users would pick instead (default knobs).
-DEMO_METHODS = PAPER_METHODS + ("lru", "lfu", "cache-prior", "reap", "demand")
+DEMO_METHODS = PAPER_METHODS + ("lru", "lfu", "cache-prior", "reap", "demand", "recency", "static-distill")
 
 #: Trainer overrides used when no `tiny` trainer config is shipped: CPU-sized rollouts and controllers for
 #: the embedded model (H = 64), instead of the paper's gpt-oss-20b sizes (16 × 512 tokens, MLP width 1024).

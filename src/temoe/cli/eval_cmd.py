@@ -8,7 +8,7 @@ import json
 import sys
 
 METHOD_CHOICES = ("base", "frequency", "reconstruction", "random", "wanda", "lru", "lfu", "cache-prior",
-                  "reap", "demand", "controller")
+                  "reap", "demand", "recency", "static-distill", "controller")
 
 
 def add_method_arguments(p) -> None:
@@ -33,6 +33,16 @@ def add_method_arguments(p) -> None:
     p.add_argument("--decay", type=float, default=0.9,
                    help="demand: decay of the moving average of router probabilities the option is chosen "
                         "from")
+    p.add_argument("--recency", type=float, default=1.0,
+                   help="recency: weight of the reward for reusing the previous token's experts (router-only "
+                        "fine-tuning against the original model)")
+    p.add_argument("--distill-mask", choices=("frequency", "reap"), default="frequency",
+                   help="static-distill: the fixed mask LoRA self-distillation trains under")
+    p.add_argument("--train-steps", type=int, default=40,
+                   help="recency / static-distill: optimizer steps on the calibration sequences")
+    p.add_argument("--train-batch-size", type=int, default=8,
+                   help="recency / static-distill: sequences per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="recency / static-distill: Adam learning rate")
     p.add_argument("--seed", type=int, default=42, help="question sample and sampling seed (§5: 42)")
     p.add_argument("--random-fixed", action="store_true",
                    help="random baseline: one fixed random subset per layer instead of a fresh set per token")
@@ -76,6 +86,7 @@ def load_method(args) -> tuple[str, object, object, dict]:
 
     import temoe
     from temoe.baselines import CalibrationConfig
+    from temoe.baselines.distill import DistillConfig
     from temoe.eval.pipeline import load_controller
     from temoe.loading import load_model
 
@@ -93,8 +104,7 @@ def load_method(args) -> tuple[str, object, object, dict]:
                    calibration=CalibrationConfig(num_prompts=args.calibration_size,
                                                  max_total_tokens=args.calibration_tokens,
                                                  prompts_file=args.calibration_prompts, seed=args.seed),
-                   peer_options={"cache-prior": {"strength": args.strength},
-                                 "demand": {"threshold": args.threshold, "decay": args.decay}}.get(method))
+                   peer_options=_peer_options(args, method, DistillConfig))
     if args.checkpoint:
         from temoe.train.checkpoint import read_meta, resolve_checkpoint
 
@@ -104,6 +114,16 @@ def load_method(args) -> tuple[str, object, object, dict]:
     else:
         handle = temoe.wrap(model)
     return method, handle, tokenizer, options
+
+
+def _peer_options(args, method: str, distill_config) -> dict | None:
+    """The knobs of `method` for `temoe.baselines.peers.peer_source` (None for methods without one)."""
+    if method in ("recency", "static-distill"):
+        distill = distill_config(steps=args.train_steps, batch_size=args.train_batch_size, lr=args.lr,
+                                 recency=args.recency if method == "recency" else 0.0, seed=args.seed)
+        return {"distill": distill, "distill_mask": args.distill_mask}
+    return {"cache-prior": {"strength": args.strength},
+            "demand": {"threshold": args.threshold, "decay": args.decay}}.get(method)
 
 
 def run(args) -> int:

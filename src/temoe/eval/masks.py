@@ -99,13 +99,14 @@ class StaticMaskSource(MaskSource):
 
     residency = "static"
 
-    def __init__(self, masks: Tensor, name: str):
+    def __init__(self, masks: Tensor, name: str, extra: dict[str, Any] | None = None):
         if masks.dtype != torch.bool or masks.dim() != 2:
             raise ValueError(f"static masks must be bool (L, N), got {masks.dtype} {tuple(masks.shape)}")
         counts = masks.sum(-1)
         if not bool((counts == counts[0]).all()):
             raise ValueError(f"static masks allow different numbers of experts per layer: {counts.tolist()}")
         self.masks, self.name, self.k_hat = masks, name, int(counts[0])
+        self.extra = dict(extra or {})
 
     def start(self, batch_size: int) -> Tensor:
         return self.masks
@@ -115,7 +116,7 @@ class StaticMaskSource(MaskSource):
         return router_logits.masked_fill(~self.masks.to(router_logits.device), float("-inf"))
 
     def describe(self) -> dict[str, Any]:
-        return {"masks": [torch.nonzero(m).flatten().tolist() for m in self.masks]}
+        return {"masks": [torch.nonzero(m).flatten().tolist() for m in self.masks], **self.extra}
 
 
 class MaskFnSource(MaskSource):

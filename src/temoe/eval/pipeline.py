@@ -19,8 +19,6 @@ from temoe.eval.tasks import Task
 __all__ = ["load_controller", "evaluate_method", "method_source", "write_summary"]
 
 METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
-#: Methods users would pick instead (`temoe.baselines.peers.PEER_METHODS`).
-PEER_METHODS = ("lru", "lfu", "cache-prior", "reap", "demand")
 
 
 def load_controller(model, checkpoint: str | Path):
@@ -51,21 +49,22 @@ def method_source(handle, tokenizer, method: str, k_hat: int, *, seed: int = 42,
                   eta: float | None = None, controller_mode: str = "sample",
                   selection_mode: str | None = None, calibration=None, cache_dir: str | Path | None = None,
                   random_variant: str = "per-token", budget: int | None = None,
-                  peer_options: dict[str, float] | None = None) -> Iterator[MaskSource]:
+                  peer_options: dict[str, Any] | None = None) -> Iterator[MaskSource]:
     """Yield the `MaskSource` of `method` at k̂ = `k_hat`.
 
-    method: one of `METHODS` or `PEER_METHODS`. `peer_options`: the peer method's knob (`strength` of
-    cache-prior, `threshold` / `decay` of demand; `temoe.baselines.peers.peer_source`), `budget` its cache
-    slots. "controller" needs `controller` (from `load_controller`, whose handle must be the `handle` passed
-    here); `selection_mode` ("sample"/"greedy", default: as `controller_mode`) is how it picks an option at a
-    termination. Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in `cache_dir`. The
-    controller's draws and the random baseline use generators seeded with `seed`.
+    method: one of `METHODS` or `temoe.baselines.peers.PEER_METHODS`. `peer_options`: the peer method's
+    knobs (`strength` of cache-prior, `threshold` / `decay` of demand, `distill` / `distill_mask` of the
+    trained ones; `temoe.baselines.peers.peer_source`), `budget` its cache slots. "controller" needs
+    `controller` (from `load_controller`, whose handle must be the `handle` passed here); `selection_mode`
+    ("sample"/"greedy", default: as `controller_mode`) is how it picks an option at a termination.
+    Baselines calibrate on `calibration` (a `CalibrationConfig`), cached in `cache_dir`. The controller's
+    draws and the random baseline use generators seeded with `seed`.
     """
+    from temoe.baselines.peers import PEER_METHODS, peer_source
+
     if method not in METHODS + PEER_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS + PEER_METHODS)}")
     if method in PEER_METHODS:
-        from temoe.baselines.peers import peer_source
-
         with peer_source(method, handle, tokenizer, k_hat, budget=budget, calibration=calibration,
                          cache_dir=cache_dir, **(peer_options or {})) as source:
             yield source
