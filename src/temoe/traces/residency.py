@@ -16,6 +16,7 @@ the least often routed one over the sequence so far (ties: least recently used, 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -54,53 +55,59 @@ class SequenceCounts:
 
 
 class _Slots:
-    """The B device slots of one layer, evicting as the serving engine's slot table does."""
+    """The B device slots of one layer, evicting as the serving engine's slot table does.
+
+    `order` lists the resident experts by (last use, slot), least recently used first: a loaded expert is
+    appended when it is loaded, and the experts a token routes to move to the end in slot order (the engine
+    stamps them with one shared clock value, so ties go to the lower slot).
+    """
 
     def __init__(self, budget: int, lfu: bool):
         self.budget = budget
         self.slot_of: dict[int, int] = {}
-        self.expert_in: list[int] = []
-        self.last: list[int] = []
+        self.order: OrderedDict[int, None] = OrderedDict()
         self.uses: dict[int, int] | None = {} if lfu else None
-        self.clock = 0
+        self.filled = 0  # slots handed out so far; free slots are taken in order
 
-    def _victim_key(self, slot: int):
+    def _victim(self, keep: set[int]) -> int:
         if self.uses is None:
-            return self.last[slot]
-        return self.uses.get(self.expert_in[slot], 0), self.last[slot]
+            return next(e for e in self.order if e not in keep)
+        uses = self.uses  # least often routed; ties: the earlier in `order`
+        return min((e for e in self.order if e not in keep), key=lambda e: uses.get(e, 0))
 
     def load(self, expert: int, keep: set[int]) -> None:
-        if len(self.expert_in) < self.budget:
-            slot = len(self.expert_in)
-            self.expert_in.append(expert)
-            self.last.append(0)
-        else:  # min() keeps the first minimum: ties go to the lower slot, as in the engine
-            slot = min((s for s, e in enumerate(self.expert_in) if e not in keep), key=self._victim_key)
-            del self.slot_of[self.expert_in[slot]]
-            self.expert_in[slot] = expert
+        if self.filled < self.budget:
+            slot = self.filled
+            self.filled += 1
+        else:
+            victim = self._victim(keep)
+            slot = self.slot_of.pop(victim)
+            del self.order[victim]
         self.slot_of[expert] = slot
-        self.clock += 1
-        self.last[slot] = self.clock
+        self.order[expert] = None
 
     def step(self, routed: set[int], wanted: frozenset[int]) -> tuple[int, int]:
         """Serve one token routed to `routed` with `wanted` to be resident; returns (hits, loads)."""
         resident = self.slot_of.keys()
         hits = len(routed & resident)
-        keep = routed | wanted
-        if len(keep) > self.budget:
-            raise ValueError(f"{len(keep)} experts must be resident at once ({sorted(keep)}) but the budget "
-                             f"is {self.budget} slots; raise --budget to at least k-hat")
-        critical = sorted(routed - resident)  # the engine loads the misses first, then the rest of the option
-        background = sorted(wanted - resident - routed)
-        for e in critical + background:
-            self.load(e, keep)
-        self.clock += 1
-        for e in routed:
-            self.last[self.slot_of[e]] = self.clock
+        loads = 0
+        if hits < len(routed) or not wanted <= resident:
+            keep = routed | wanted
+            if len(keep) > self.budget:
+                raise ValueError(f"{len(keep)} experts must be resident at once ({sorted(keep)}) but the "
+                                 f"budget is {self.budget} slots; raise --budget to at least k-hat")
+            # The engine loads the misses first, then the rest of the option, each in id order.
+            loads_list = sorted(routed - resident) + sorted(wanted - resident - routed)
+            for e in loads_list:
+                self.load(e, keep)
+            loads = len(loads_list)
+        slot_of = self.slot_of
+        for e in sorted(routed, key=slot_of.__getitem__):
+            self.order.move_to_end(e)
         if self.uses is not None:
             for e in routed:
                 self.uses[e] = self.uses.get(e, 0) + 1
-        return hits, len(critical) + len(background)
+        return hits, loads
 
 
 def check_budget(budget: int, minimum: int, num_experts: int) -> None:
