@@ -5,7 +5,9 @@
 #
 #   bash benchmarks/bench_peers.sh OUT_DIR [LIMIT] [THREADS]
 #
-# Knobs swept: cache-prior λ ∈ {0.25, 0.5, 1, 2}, demand τ ∈ {0.3, 0.5, 0.7}. Controller rows: add the
+# Knobs swept: cache-prior λ ∈ {0.25, 0.5, 1, 2}, demand τ ∈ {0.3, 0.5, 0.7}, recency weight ∈ {0.5, 1, 2};
+# static-distill under the frequency and the REAP mask (trained methods last: they train once per cell).
+# Controller rows: add the
 # summaries of `temoe eval --checkpoint RUN --k-hat K ...` for each trained η to OUT_DIR/k<K>/ before the
 # report (same flags as below).
 set -euo pipefail
@@ -33,5 +35,10 @@ for k in 16 8; do
   for lam in 0.25 0.5 1 2; do cell "$k" "cache-prior-$lam" --method cache-prior --strength "$lam"; done
   for tau in 0.3 0.5 0.7; do cell "$k" "demand-$tau" --method demand --threshold "$tau"; done
   for m in frequency reap reconstruction random wanda; do cell "$k" "$m" --method "$m"; done
+  temoe report "$OUT/k$k" --out "$OUT/report-k$k" >/dev/null
+done
+for k in 16 8; do
+  for r in 0.5 1 2; do cell "$k" "recency-$r" --method recency --recency "$r"; done
+  for mask in frequency reap; do cell "$k" "static-distill-$mask" --method static-distill --distill-mask "$mask"; done
   temoe report "$OUT/k$k" --out "$OUT/report-k$k" >/dev/null
 done
