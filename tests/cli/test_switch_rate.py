@@ -83,6 +83,13 @@ def test_switch_rate_and_plot(tmp_path):
         assert r["switch_rate_k_tilde"] == pytest.approx(sum(changes) / 2)
     chat = [r["switch_rate_k_tilde"] for r in records if r["category"] == "chat"]
     assert table["categories"]["chat"]["k_tilde"]["mean"] == pytest.approx(sum(chat) / 2)
+    # Local routing consistency from the same records (7 rated positions: no 8-token segment for SRP).
+    from temoe.traces import sch
+
+    lrc = table["consistency"]["categories"]
+    per_layer = [[list(tokens) for tokens in zip(*r["active_experts"])] for r in records]
+    assert lrc["all"]["sch"]["8"] == pytest.approx(sch(per_layer, 8, 4)) and lrc["all"]["srp"]["8"] is None
+    assert "Local routing consistency" in run.stdout
 
     plot = _temoe(
         "plot",

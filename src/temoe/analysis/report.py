@@ -17,12 +17,33 @@ from typing import Any
 __all__ = ["METHOD_ORDER", "TASK_NAMES", "load_summaries", "summary_rows", "markdown_tables", "heatmaps",
            "training_curves", "build_report"]
 
-METHOD_ORDER = ("base", "frequency", "reconstruction", "random", "random-fixed", "wanda", "controller")
+METHOD_ORDER = ("base", "lru", "lfu", "cache-prior", "recency", "frequency", "reconstruction", "reap",
+                "static-distill", "random", "random-fixed", "wanda", "demand", "controller")
 TASK_NAMES = {"math": "Math", "mc": "MC", "mc-multilingual": "MC-multilingual", "hendrycks-math": "MATH",
               "mmlu": "MMLU", "mmmlu": "MMMLU"}
 _METHOD_LABELS = {"base": "Base model", "frequency": "Frequency", "reconstruction": "Reconstruction loss",
                   "random": "Random (per token)", "random-fixed": "Random (fixed subset)",
-                  "wanda": "Wanda (structured)"}
+                  "wanda": "Wanda (structured)", "lru": "LRU cache", "lfu": "LFU cache",
+                  "cache-prior": "Cache-conditional routing", "reap": "REAP", "demand": "Demand rule",
+                  "recency": "Router fine-tuning for reuse",
+                  "static-distill": "Self-distillation, fixed mask"}
+
+
+def _variant(s: dict[str, Any]) -> str:
+    """The knobs of a method that has some (cache-prior λ, demand τ, recency weight, distillation mask) and
+    a cache budget that differs from k̂."""
+    parts = []
+    if s.get("cache_prior_strength") is not None:
+        parts.append(f"λ = {s['cache_prior_strength']:g}")
+    if s.get("demand_threshold") is not None:
+        parts.append(f"τ = {s['demand_threshold']:g}")
+    if s.get("method") == "recency":
+        parts.append(f"recency {s['recency']:g}")
+    if s.get("distill_mask") is not None:
+        parts.append(f"{s['distill_mask']} mask")
+    if s.get("budget") is not None and s.get("budget") != s.get("k_hat"):
+        parts.append(f"B = {s['budget']}")
+    return ", ".join(parts)
 
 
 def load_summaries(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -53,11 +74,12 @@ def summary_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"method": s["method"], "eta": s.get("eta"), "k_hat": s.get("k_hat"), "task": s["task"],
                      "n": s.get("n"), "accuracy": s["accuracy"], "accuracy_ci": s.get("accuracy_ci"),
                      "switch_rate": s.get("switch_rate"), "switch_rate_ci": s.get("switch_rate_ci"),
-                     "records": s.get("records")})
+                     "records": s.get("records"), "loads_per_token": s.get("loads_per_token"),
+                     "variant": _variant(s)})
 
     def key(r):
         m = METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else len(METHOD_ORDER)
-        return (-(r["k_hat"] or 0), m, r["eta"] if r["eta"] is not None else -1.0, r["task"])
+        return (-(r["k_hat"] or 0), m, r["eta"] if r["eta"] is not None else -1.0, r["variant"], r["task"])
 
     return sorted(rows, key=key)
 
@@ -72,10 +94,10 @@ def _pm(value: float | None, ci: Sequence[float] | None) -> str:
     return f"{100 * value:.1f} ± {100 * half:.1f}"
 
 
-def _label(method: str, eta: float | None) -> str:
+def _label(method: str, eta: float | None, variant: str = "") -> str:
     if method == "controller":
         return "Controller" + (f" (η = {eta:g})" if eta is not None else "")
-    return _METHOD_LABELS.get(method, method)
+    return _METHOD_LABELS.get(method, method) + (f" ({variant})" if variant else "")
 
 
 def markdown_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None) -> str:
@@ -87,25 +109,33 @@ def markdown_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str] | None 
     out = []
     for k_hat in sorted({r["k_hat"] for r in rows}, key=lambda k: -(k or 0)):
         at_k = [r for r in rows if r["k_hat"] == k_hat]
-        methods = list(dict.fromkeys((r["method"], r["eta"]) for r in at_k))
-        header = ["Method"] + [f"{TASK_NAMES.get(t, t)} {c}" for t in tasks
-                               for c in ("Acc. (%)", "Switch (%)")]
+        methods = list(dict.fromkeys((r["method"], r["eta"], r.get("variant", "")) for r in at_k))
+        loads = any(r.get("loads_per_token") is not None for r in at_k)  # older summaries have none
+        columns = ("Acc. (%)", "Switch (%)") + (("Loads/tok",) if loads else ())
+        header = ["Method"] + [f"{TASK_NAMES.get(t, t)} {c}" for t in tasks for c in columns]
         lines = [f"**k̂ = {k_hat}**", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        for method, eta in methods:
-            cells = [_label(method, eta)]
+        for method, eta, variant in methods:
+            cells = [_label(method, eta, variant)]
             for t in tasks:
-                r = next((r for r in at_k
-                          if r["method"] == method and r["eta"] == eta and r["task"] == t), None)
-                cells += ["–", "–"] if r is None else [_pm(r["accuracy"], r["accuracy_ci"]),
-                                                       _pm(r["switch_rate"], r["switch_rate_ci"])]
+                r = next((r for r in at_k if r["method"] == method and r["eta"] == eta
+                          and r.get("variant", "") == variant and r["task"] == t), None)
+                if r is None:
+                    cells += ["–"] * len(columns)
+                    continue
+                cells += [_pm(r["accuracy"], r["accuracy_ci"]), _pm(r["switch_rate"], r["switch_rate_ci"])]
+                if loads:
+                    lpt = r.get("loads_per_token")
+                    cells.append("–" if lpt is None else f"{lpt:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     note = ("Accuracy ± half-width of the 95% Wald interval over questions (the interval the paper's "
             "± values match); switch rate ± half-width of the 95% normal interval of the mean over "
             "questions. Base and static baselines: the base-model switch-rate definition with k̂ slots; "
-            "random and controller: the change rate of the installed masks (METHOD §2). – : no value (not "
-            "run, or no question generated ≥ 2 tokens, e.g. one-letter answers).")
+            "random and controller: the change rate of the installed masks (METHOD §2). Loads/tok: expert "
+            "loads per decode token summed over layers under the method's residency at B slots per layer "
+            "(docs/traces.md). – : no value (not run, or no question generated ≥ 2 tokens, e.g. one-letter "
+            "answers).")
     return "\n\n".join(out) + "\n\n" + note + "\n"
 
 

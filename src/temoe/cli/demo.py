@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-#: Methods in table order; "controller" is evaluated once per η.
-DEMO_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
+#: The paper's methods in table order, the demo's default; "controller" is evaluated once per η.
+PAPER_METHODS = ("base", "frequency", "reconstruction", "random", "wanda", "controller")
+#: Every method the demo can evaluate: the paper's and those users would pick instead (default knobs).
+DEMO_METHODS = PAPER_METHODS + ("lru", "lfu", "cache-prior", "reap", "demand", "recency", "static-distill")
 
 #: Trainer overrides used when no `tiny` trainer config is shipped: CPU-sized rollouts and controllers for
 #: the embedded model (H = 64), instead of the paper's gpt-oss-20b sizes (16 × 512 tokens, MLP width 1024).
@@ -42,7 +44,7 @@ class DemoConfig:
     """Evaluation tasks (`temoe.eval.tasks.TASKS`)."""
     data: dict[str, str] = field(default_factory=dict)
     """Data paths of local-file tasks (hendrycks-math, mmlu, mmmlu), by task name."""
-    methods: tuple[str, ...] = DEMO_METHODS
+    methods: tuple[str, ...] = PAPER_METHODS
     """Methods to evaluate (subset of DEMO_METHODS)."""
     limit: int = 200
     """Questions per task (§5: 200, seed 42)."""
@@ -224,7 +226,8 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
 
 def summary_rows(summaries: list[dict]) -> list[dict]:
     """The `summary.json` rows: method, eta, k_hat, task, n, accuracy(+CI), switch_rate(+CI)."""
-    keys = ("method", "eta", "k_hat", "task", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci")
+    keys = ("method", "eta", "k_hat", "task", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci",
+            "loads_per_token")
     return [{k: s.get(k) for k in keys} for s in summaries]
 
 
@@ -332,6 +335,9 @@ def register(sub) -> None:
                    help="override only how an option is chosen at a termination (default: the demo config's)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--train-steps", type=int)
+    p.add_argument("--method", action="append", choices=DEMO_METHODS,
+                   help="method to evaluate (repeatable; default: the paper's base model, four baselines and "
+                        "controller)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; 1 is far faster on a machine shared "
@@ -366,6 +372,8 @@ def run(args) -> int:
         updates["etas"] = tuple(args.eta)
     if args.task:
         updates["tasks"] = tuple(args.task)
+    if args.method:
+        updates["methods"] = tuple(args.method)
     if args.data:
         updates["data"] = _pairs(args.data, "--data")
     if args.checkpoint:

@@ -15,12 +15,15 @@ from temoe.cli import (
     pretrain,
     report,
     serve,
+    simulate,
     switch_rate,
+    trace,
     train,
 )
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func=run`.
-_COMMANDS = (switch_rate, info, pretrain, train, generate, eval_cmd, report, demo, plot, serve, bench)
+_COMMANDS = (switch_rate, info, pretrain, train, generate, eval_cmd, report, demo, plot, serve, bench,
+             trace, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:

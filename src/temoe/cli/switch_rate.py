@@ -153,12 +153,32 @@ def run(args: argparse.Namespace) -> int:
             "num_prompts": len(prompts),
         },
         "categories": summarize(records),
+        "consistency": _consistency(records, n, k_tilde, args.k_hat),
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     Console().print(_table(result))
     return 0
+
+
+def _consistency(records: list[dict], num_experts: int, k_tilde: int, k_hat: int) -> dict:
+    """SRP and SCH (cache of k̂ experts per layer) for segment lengths 8, 16, 32 over all prompts and per
+    category (Liang et al., arXiv 2505.16056; docs/traces.md)."""
+    from temoe.traces import sch, srp
+    from temoe.traces.consistency import SEGMENT_LENGTHS
+
+    groups: dict[str, list] = {"all": []}
+    for r in records:
+        layers = [list(tokens) for tokens in zip(*r["active_experts"])]  # (T, L, k) -> (L, T, k)
+        groups["all"].append(layers)
+        groups.setdefault(r["category"], []).append(layers)
+    def metrics(seqs: list) -> dict:
+        return {"srp": {str(m): srp(seqs, m, num_experts, k_tilde) for m in SEGMENT_LENGTHS},
+                "sch": {str(m): sch(seqs, m, k_hat) for m in SEGMENT_LENGTHS}}
+
+    return {"sch_cache_size": k_hat, "segment_lengths": list(SEGMENT_LENGTHS),
+            "categories": {name: metrics(seqs) for name, seqs in groups.items()}}
 
 
 def _table(result: dict):
@@ -192,4 +212,15 @@ def _table(result: dict):
     if "per_layer_k_tilde" in everything:
         for i, (a, b) in enumerate(zip(everything["per_layer_k_tilde"], everything["per_layer_k_hat"])):
             layers.add_row(f"{i} ({result['layer_indices'][i]})", f"{a:.3f}", f"{b:.3f}")
-    return Group(main, layers)
+    lrc = result["consistency"]
+    local = Table(title="Local routing consistency (arXiv 2505.16056): SRP and SCH with "
+                        f"{lrc['sch_cache_size']} cached experts per layer, by segment length m")
+    local.add_column("category")
+    for m in lrc["segment_lengths"]:
+        local.add_column(f"SRP m={m}", justify="right")
+    for m in lrc["segment_lengths"]:
+        local.add_column(f"SCH m={m}", justify="right")
+    for name, entry in lrc["categories"].items():
+        values = [entry[key][str(m)] for key in ("srp", "sch") for m in lrc["segment_lengths"]]
+        local.add_row(name, *("–" if v is None else f"{v:.3f}" for v in values))
+    return Group(main, layers, local)

@@ -28,11 +28,17 @@ def _loads(options: Tensor) -> int:
 
 
 class MaskSource:
-    """Base class. Subclasses set `name`, `k_hat`, `switch_definition` and override the hooks they need."""
+    """Base class. Subclasses set `name`, `k_hat`, `switch_definition` and override the hooks they need.
+
+    `residency` is how a serving engine would hold this method's experts, for `loads_per_token`
+    (`temoe.traces.residency` policies): "lru" (a cache of the routed experts: the base router, caches,
+    cache-conditional routing), "static" (one fixed set per layer) or "option" (the installed masks).
+    """
 
     name: str = "base"
     k_hat: int | None = None
     switch_definition: str = "router"
+    residency: str = "lru"
 
     def start(self, batch_size: int) -> Tensor | Callable | None:
         """Masks to install for a new batch of `batch_size` prompts (None: no restriction)."""
@@ -89,15 +95,18 @@ class BaseSource(MaskSource):
 
 
 class StaticMaskSource(MaskSource):
-    """A fixed (L, N) bool mask per layer (frequency, reconstruction, fixed random subset)."""
+    """A fixed (L, N) bool mask per layer (frequency, reconstruction, REAP, fixed random subset)."""
 
-    def __init__(self, masks: Tensor, name: str):
+    residency = "static"
+
+    def __init__(self, masks: Tensor, name: str, extra: dict[str, Any] | None = None):
         if masks.dtype != torch.bool or masks.dim() != 2:
             raise ValueError(f"static masks must be bool (L, N), got {masks.dtype} {tuple(masks.shape)}")
         counts = masks.sum(-1)
         if not bool((counts == counts[0]).all()):
             raise ValueError(f"static masks allow different numbers of experts per layer: {counts.tolist()}")
         self.masks, self.name, self.k_hat = masks, name, int(counts[0])
+        self.extra = dict(extra or {})
 
     def start(self, batch_size: int) -> Tensor:
         return self.masks
@@ -107,7 +116,7 @@ class StaticMaskSource(MaskSource):
         return router_logits.masked_fill(~self.masks.to(router_logits.device), float("-inf"))
 
     def describe(self) -> dict[str, Any]:
-        return {"masks": [torch.nonzero(m).flatten().tolist() for m in self.masks]}
+        return {"masks": [torch.nonzero(m).flatten().tolist() for m in self.masks], **self.extra}
 
 
 class MaskFnSource(MaskSource):
@@ -117,6 +126,7 @@ class MaskFnSource(MaskSource):
     """
 
     switch_definition = "mask"
+    residency = "option"
 
     def __init__(self, fn: Any, name: str, k_hat: int):
         self.fn, self.name, self.k_hat = fn, name, k_hat
@@ -144,6 +154,7 @@ class ControllerSource(MaskSource):
     """
 
     switch_definition = "mask"
+    residency = "option"
 
     def __init__(self, controller: Any, generator: torch.Generator, mode: str = "sample",
                  name: str = "controller", eta: float | None = None, selection_mode: str | None = None):
