@@ -75,20 +75,22 @@ def check_fits(prompt_tokens: int, max_new_tokens: int, max_positions: int | Non
 
 def keep_fitting(prompts: list[Prompt], count_tokens: Callable[[str], int], limit: int | None,
                  what: str = "the model's positions") -> list[Prompt]:
-    """The prompts of at most `limit` tokens; each one dropped is named (file:line) in a warning.
+    """The prompts of at most `limit` tokens; those dropped are counted in one warning that names the first
+    few (file:line).
 
     A prompt of more than 64 characters per allowed token is dropped without tokenising it, so a 1 MB
     line costs nothing. ValueError if none is left.
     """
     if limit is None:
         return prompts
-    kept = []
+    kept, dropped = [], []
     for p in prompts:
-        if len(p.prompt) <= 64 * limit and count_tokens(p.prompt) <= limit:
-            kept.append(p)
-        else:
-            log.warning("%s: prompt of %d characters exceeds %s (%d tokens): skipped", p.where or p.id,
-                        len(p.prompt), what, limit)
+        fits = len(p.prompt) <= 64 * limit and count_tokens(p.prompt) <= limit
+        (kept if fits else dropped).append(p)
+    if dropped:
+        names = ", ".join(str(p.where or p.id) for p in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        log.warning("%d of %d prompts exceed %s (%d tokens) and are skipped: %s", len(dropped), len(prompts),
+                    what, limit, names)
     if not kept:
         raise ValueError(f"every prompt exceeds {what} ({limit} tokens)")
     return kept
