@@ -1,97 +1,155 @@
-"""`SyncCounter`: counts the tensor operations that force a device -> host synchronisation on CUDA.
+"""Counting the ops that force a device->host synchronisation on CUDA, on CPU.
 
-Works on any device (the CPU included), so a test on a CPU-only machine can hold a code path to a budget of
-host syncs. Counted: ops whose result size or value the host must read (`item`/`bool`/`int`/`float` of a
-tensor, `nonzero`, `unique`, `masked_select`, `equal`, `repeat_interleave` without `output_size`, indexing
-with a boolean mask) seen through a `TorchDispatchMode`, copies from an accelerator to the CPU, and the
-Python-level reads (`Tensor.tolist`, `Tensor.item`, `Tensor.__bool__`, ...) patched for the duration.
-
-    with SyncCounter() as sync:
-        step()
-    assert sync.count == 0, sync.ops
+`SyncCounter` is a `TorchDispatchMode` that counts, per scope, the aten ops whose result size or value the
+host must wait for (nonzero, unique, masked_select, boolean-mask indexing, `_local_scalar_dense`), plus the
+Python-level reads that do not always reach the dispatcher (`Tensor.item`, `tolist`, `numpy`, and
+`bool`/`int`/`float`/`index` of a tensor: under `torch.inference_mode` their scalar read skips the mode).
+Device->host copies (`.to("cpu")` of an accelerator tensor) count too. Scopes: "controller" inside a mask
+function wrapped by `counter.scoped`, "moe" inside an MoE block's forward (hooks on `handle.blocks`),
+"outside" elsewhere (embedding, attention, sampling, the stop check). `count` is the total, `ops` what was
+counted where.
 """
 
 from __future__ import annotations
 
+import functools
+import traceback
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-#: aten ops that always read a device value on the host.
-SYNC_OPS = frozenset({
-    "_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "argwhere", "masked_select",
-    "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive", "allclose",
-})
+aten = torch.ops.aten
 
-#: Python-level Tensor methods that read values on the host (tolist never reaches the dispatcher).
-PATCHED = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy")
+_SYNC_OPS = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.nonzero_static.default,
+    aten.masked_select.default,
+    aten._unique.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.unique_consecutive.default,
+    aten.repeat_interleave.Tensor,
+    aten.equal.default,
+    aten.argwhere.default,
+    aten.is_nonzero.default,
+}
+_INDEX_OPS = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
 
 
-def _has_bool_index(indices) -> bool:
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
     return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices or ())
 
 
-def _needs_sync(name: str, args, kwargs) -> bool:
-    if name in SYNC_OPS:
-        return True
-    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):  # x[mask]: a nonzero inside
-        return _has_bool_index(args[1] if len(args) > 1 else kwargs.get("indices"))
-    if name == "repeat_interleave":  # with tensor repeats the output size is read unless given
-        return isinstance(args[0], torch.Tensor) and kwargs.get("output_size") is None and (
-            len(args) < 2 or isinstance(args[1], torch.Tensor))
-    if name in ("_to_copy", "copy_"):  # accelerator -> CPU copies wait for the device
-        src = args[1] if name == "copy_" else args[0]
-        dst_cpu = (args[0].device.type == "cpu") if name == "copy_" else (
-            torch.device(kwargs.get("device") or src.device).type == "cpu")
-        return src.device.type not in ("cpu", "meta") and dst_cpu
+def _device_to_host(func, args, kwargs) -> bool:
+    """An accelerator -> CPU copy, which waits for the device."""
+    if func is aten._to_copy.default:
+        src, dst = args[0], (kwargs or {}).get("device")
+        return src.device.type not in ("cpu", "meta") and dst is not None and torch.device(dst).type == "cpu"
+    if func is aten.copy_.default:
+        return args[0].device.type == "cpu" and args[1].device.type not in ("cpu", "meta")
     return False
 
 
+def _internal(filename: str) -> bool:
+    return "sync_counter" in filename or "/torch/" in filename
+
+
 class SyncCounter(TorchDispatchMode):
-    """Context manager; after it, `count` is the number of sync-forcing ops and `ops` a Counter of them."""
+    """counts[scope] = number of sync-forcing ops; `where` keeps a short stack per count for diagnosis."""
 
     def __init__(self):
         super().__init__()
-        self.ops: Counter[str] = Counter()
-        self._inside_patched = 0
-        self._originals: dict[str, object] = {}
+        self.counts: Counter = Counter()
+        self.where: list[tuple[str, str]] = []
+        self.scope = ["outside"]
+        self.enabled = True
+        self._patched: list[tuple[str, object]] = []
+        self._reading = 0  # > 0 inside a patched Python-level read: its own dispatch is not counted again
 
-    @property
-    def count(self) -> int:
-        return sum(self.ops.values())
+    def _hit(self, what: str) -> None:
+        if not self.enabled:
+            return
+        self.counts[self.scope[-1]] += 1
+        frames = [f for f in traceback.extract_stack() if not _internal(f.filename)][-3:]
+        self.where.append((self.scope[-1], f"{what} @ " + " < ".join(
+            f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(frames))))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if not self._inside_patched and _needs_sync(name, args, kwargs):
-            self.ops[f"aten.{name}"] += 1
-        return func(*args, **kwargs)
-
-    def _patch(self, name: str):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(tensor, *args, **kwargs):
-            if not self._inside_patched:
-                self.ops[f"Tensor.{name}"] += 1
-            self._inside_patched += 1  # the aten op underneath is the same read: count it once
-            try:
-                return original(tensor, *args, **kwargs)
-            finally:
-                self._inside_patched -= 1
-
-        self._originals[name] = original
-        setattr(torch.Tensor, name, wrapper)
+        if self._reading == 0 and (func in _SYNC_OPS or (func in _INDEX_OPS and _bool_index(args))
+                                   or _device_to_host(func, args, kwargs)):
+            if not (func is aten.repeat_interleave.Tensor and (kwargs or {}).get("output_size") is not None):
+                self._hit(str(func))
+        return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        for name in PATCHED:
-            self._patch(name)
+        for name in ("tolist", "numpy", "item", "__bool__", "__int__", "__float__", "__index__"):
+            orig = getattr(torch.Tensor, name)
+
+            @functools.wraps(orig)
+            def patched(t, *a, _orig=orig, _name=name, **k):
+                if self._reading == 0:
+                    self._hit(_name)
+                self._reading += 1
+                try:
+                    return _orig(t, *a, **k)
+                finally:
+                    self._reading -= 1
+
+            self._patched.append((name, orig))
+            setattr(torch.Tensor, name, patched)
         return super().__enter__()
 
     def __exit__(self, *exc):
+        for name, orig in self._patched:
+            setattr(torch.Tensor, name, orig)
+        self._patched.clear()
+        return super().__exit__(*exc)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ops(self) -> list[str]:
+        return [what for _, what in self.where]
+
+    @contextmanager
+    def in_scope(self, name: str):
+        self.scope.append(name)
         try:
-            return super().__exit__(*exc)
+            yield
         finally:
-            for name, original in self._originals.items():
-                setattr(torch.Tensor, name, original)
-            self._originals.clear()
+            self.scope.pop()
+
+    def scoped(self, fn, name: str = "controller"):
+        """`fn` (a MaskFn) with its syncs attributed to `name`; keeps its attributes."""
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.in_scope(name):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    def watch_blocks(self, blocks):
+        """Attribute syncs inside each MoE block's forward to "moe"; returns the hook handles."""
+        def enter(*_):
+            self.scope.append("moe")
+
+        def leave(*_):
+            self.scope.pop()
+
+        hooks = []
+        for block in blocks:
+            hooks.append(block.register_forward_pre_hook(enter))
+            hooks.append(block.register_forward_hook(leave))
+        return hooks

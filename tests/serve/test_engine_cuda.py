@@ -8,10 +8,10 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from sync_count import SyncCounter  # tests/serve is on sys.path (pytest's rootdir-relative import mode)
 from transformers import DynamicCache
 
 import temoe
+from sync_counter import SyncCounter  # tests/ is on sys.path (rootdir conftest)
 from temoe.controller import ControllerConfig, OptionController
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.generate import decode_steps

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sync_count import SyncCounter  # tests/serve is on sys.path (pytest's rootdir-relative import mode)
 
 import temoe
+from sync_counter import SyncCounter  # tests/ is on sys.path (rootdir conftest)
 from temoe.controller import ControllerConfig, OptionController
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.generate import decode_steps
