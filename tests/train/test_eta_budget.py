@@ -87,6 +87,10 @@ def test_dual_update_in_the_loop_rises_over_budget_and_clamps_at_zero(tmp_path, 
     for a, b, r in zip(etas, etas[1:], recs):  # η_{s+1} = max(0, η_s + α (measured − budget) / budget)
         assert b == pytest.approx(max(0.0, a + 0.5 * (r["controller/loads_per_token"] - budget) / budget))
         assert r["controller/stall_ms_per_token"] > 0 or r["controller/loads_per_token"] == 0
+    from temoe.analysis.training_curves import _label, plot_eta
+
+    assert plot_eta([tmp_path], tmp_path / "figs").is_file()
+    assert _label(tmp_path) == f"η auto → {budget:g} loads/token, loads cost, k̂=4"
     if rises:
         assert etas[1] > etas[0] and etas[2] > etas[1]
     else:  # far under budget: η falls by up to α per step and stops at 0
