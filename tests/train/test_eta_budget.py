@@ -75,6 +75,15 @@ def test_flat_cost_passes_the_number_and_no_selection_cost(tmp_path, monkeypatch
     assert "controller/load_budget" not in record and "controller/stall_ms_per_token" not in record
 
 
+def test_probes_measure_loads_per_token_on_held_out_prompts(tmp_path):
+    # β ≈ σ(3): many switches; the probe's pooled loads per token agree with the per-step measure's scale
+    run = tmp_path / "run"
+    train(_config(run, steps=1, eval_every=1, eval_prompts=4, **{"controller.termination_bias_init": 3.0}))
+    probes = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 1]
+    assert all(0 < p["eval/loads_per_token"] <= 2 * 4 for p in probes)  # at most L · k̂ = 2 · 4 per token
+
+
 @pytest.mark.parametrize(("budget", "rises"), [(1e-3, True), (1e4, False)])
 def test_dual_update_in_the_loop_rises_over_budget_and_clamps_at_zero(tmp_path, budget, rises):
     # β ≈ σ(3) at the start: the rows switch often, so the measured loads are far above a tiny budget

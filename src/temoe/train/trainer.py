@@ -408,6 +408,8 @@ class Probe:
         means = {f"eval/{k}": _nanmean(per_seq[k]) for k in ("reward", "kl", "switch_rate", "teacher_ppl",
                                                               "fixed_kl", "fixed_switch_rate")}
         means["eval/response_tokens"] = _nanmean(per_seq["length"])
+        loads, positions = per_seq["loads"].sum(), per_seq["load_positions"].sum()
+        means["eval/loads_per_token"] = float(loads / positions.clamp_min(1))  # expert loads per token
         lists = {f"{k}_per_prompt": per_seq[k].tolist() for k in ("reward", "kl", "switch_rate", "fixed_kl")}
         run.logger.log_eval({"step": step, **means, **lists})
 
@@ -440,6 +442,8 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
         "repeat_fraction": torch.tensor(repeat),
         "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
         "importance_weight": (batch.weights * valid).sum(1) / n,
+        "loads": expert_loads(masks[:, :valid.shape[1]], valid).sum(1),  # Σ_ℓ |ω_t \\ ω_{t-1}| over t >= 1
+        "load_positions": counted_positions(valid).sum(1).float(),
         "betas": traj.betas[dec].flatten(),
     }
 
