@@ -442,7 +442,7 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
         "repeat_fraction": torch.tensor(repeat),
         "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
         "importance_weight": (batch.weights * valid).sum(1) / n,
-        "loads": expert_loads(masks[:, :valid.shape[1]], valid).sum(1),  # Σ_ℓ |ω_t \\ ω_{t-1}| over t >= 1
+        "loads": expert_loads(masks[:, :valid.shape[1]], valid).sum(1),  # Σ_ℓ |ω_t \ ω_{t-1}| over t >= 1
         "load_positions": counted_positions(valid).sum(1).float(),
         "betas": traj.betas[dec].flatten(),
     }
