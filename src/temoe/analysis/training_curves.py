@@ -258,7 +258,8 @@ def _label(run_dir: Path) -> str:
         return run_dir.name
     budget = _load_budget(ctrl)
     eta = f"η auto → {budget:g} loads/token" if budget is not None else f"η={ctrl.get('eta')}"
-    cost = f", {ctrl['switch_cost']} cost" if ctrl.get("switch_cost", "flat") != "flat" else ""
+    switch_cost = ctrl.get("switch_cost", "flat")
+    cost = f", {switch_cost} cost" if budget is not None or switch_cost != "flat" else ""
     return f"{eta}{cost}, k̂={ctrl.get('k_hat')}"
 
 
