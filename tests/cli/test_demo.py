@@ -8,6 +8,7 @@ import json
 import pytest
 
 from temoe.cli.demo import DemoConfig, run_demo
+from temoe.train.logging import read_metrics
 
 
 @pytest.mark.slow
@@ -23,17 +24,23 @@ def test_demo_end_to_end_and_resume(tmp_path):
                            survey_per_category=1, survey_tokens=5, calibration_prompts=3,
                            calibration_tokens=20, prompts=str(prompts), progress=False, batch_size=4,
                            train_overrides={"prompts_per_step": 2, "max_new_tokens": 5,
-                                            "controller.hidden": 16, "controller.expert_embed_dim": 8})
+                                            "controller.hidden": 16, "controller.expert_embed_dim": 8},
+                           load_budget=1.0)
     result = run_demo(cfg)
     run = tmp_path / "run"
     rows = json.loads((run / "summary.json").read_text())
     assert [(r["method"], r["eta"]) for r in rows] == [("base", None), ("frequency", None),
                                                        ("reconstruction", None), ("random", None),
-                                                       ("wanda", None), ("controller", 0.02)]
+                                                       ("wanda", None), ("controller", 0.02),
+                                                       ("controller", "auto, 1 load/token")]
     assert all(r["k_hat"] == 4 and r["task"] == "mmlu" and r["n"] == 3 for r in rows)
     assert all(set(r) >= {"accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci"} for r in rows)
     report = (run / "report.md").read_text()
     assert "| Controller (η = 0.02) |" in report and "Base-model switch rate" in report
+    assert "| Controller (η auto, 1 load/token) |" in report
+    budgeted = read_metrics(run / "train" / "budget1")
+    assert budgeted and all("controller/eta" in r and "controller/loads_per_token" in r for r in budgeted)
+    assert (run / "eval" / "controller_budget1-mmlu.json").exists()
     assert "Controllers evaluated in sample mode" in report
     assert (run / "survey.json").exists() and (run / "train" / "eta0.02" / "DONE").exists()
     assert list((run / "figures").glob("activations_controller_eta0.02_k4_layer*.png"))
@@ -45,6 +52,12 @@ def test_demo_end_to_end_and_resume(tmp_path):
     again = run_demo(cfg)  # every stage is cached: nothing is recomputed
     assert (run / "eval" / "base-mmlu.json").stat().st_mtime_ns == stamp
     assert again["summary"] == result["summary"]
+
+
+def test_demo_refuses_a_bad_load_budget(tmp_path):
+    with pytest.raises(ValueError, match=r"DemoConfig\.load_budget=-1\.0: must be a finite number > 0"):
+        DemoConfig.quick(str(tmp_path), load_budget=-1.0)
+    assert DemoConfig.quick(str(tmp_path)).load_budget is None  # CI stays fast: no budgeted run
 
 
 def test_demo_refuses_an_unknown_controller_mode(tmp_path):

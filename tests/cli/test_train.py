@@ -82,3 +82,19 @@ def test_bad_settings_fail_early_naming_the_key(tmp_path):
     assert proc.returncode == 2 and "no_such_key" in proc.stderr and "valid keys" in proc.stderr
     proc = _temoe("train", "--model", "testing:gpt_oss", "--k-hat", "1", "--out", str(tmp_path), *SMALL)
     assert proc.returncode == 2 and "k_hat" in proc.stderr
+
+
+def test_eta_auto_with_a_stall_budget_from_the_flags(tmp_path):
+    out = tmp_path / "run"
+    proc = _temoe("train", "--model", "testing:gpt_oss", "--k-hat", "4", "--eta", "auto", "--switch-cost",
+                  "loads", "--stall-budget-ms", "2", "--hardware", "h100-gpt-oss-20b", "--steps", "1",
+                  "--out", str(out), *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ctrl = yaml.safe_load((out / "config.yaml").read_text())["controller"]
+    assert (ctrl["eta"], ctrl["switch_cost"], ctrl["stall_budget_ms"], ctrl["hardware"]) == \
+        ("auto", "loads", 2.0, "h100-gpt-oss-20b")
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["controller/eta"] == 0.02 and "controller/stall_ms_per_token" in record
+    proc = _temoe("train", "--model", "testing:gpt_oss", "--eta", "auto", "--stall-budget-ms", "2",
+                  "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "stall_budget_ms=2.0: needs a hardware profile" in proc.stderr

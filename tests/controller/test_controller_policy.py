@@ -73,6 +73,20 @@ def test_masks_persist_between_switches_and_change_only_on_decisions():
     assert torch.equal(all_masks[traj.decisions], sel_masks[traj.decisions])
 
 
+def test_kept_positions_record_the_candidate_drawn_not_the_kept_option():
+    """The loads cost charges |ω̃_t \\ ω_{t-1}| for the candidate ω̃_t at every decision position, so the
+    record holds the draw there too, also where d_t = 0 kept ω_{t-1}."""
+    c, _ = make_controller(bias=-1.0)
+    state, _, _ = run(c)
+    traj = state.trajectory()
+    kept = traj.decision_mask[..., None] & ~traj.decisions  # (B, T, L)
+    options, candidates = traj.option_masks(N), indices_to_mask(traj.selected, N)
+    assert torch.equal(options[kept], indices_to_mask(traj.options_prev, N)[kept])  # ω_t = ω_{t-1}
+    assert candidates.sum(-1).eq(K).all()
+    differs = (candidates != options).any(-1)
+    assert kept.sum() > 5 and differs[kept].float().mean() > 0.5  # fresh draws, not copies of ω_{t-1}
+
+
 def test_replay_equals_sample_mode_records():
     c, _ = make_controller(bias=-1.0)
     state, _, _ = run(c, steps=20)

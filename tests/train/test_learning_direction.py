@@ -64,8 +64,8 @@ def test_a_large_deliberation_cost_lowers_the_termination_probability():
     # (Alg. 2 continued, line 13). With the sign of η flipped, β would rise and this test fail.
     config = load_config(None, {"controller.eta": 1.0, "lr_controller": 1e-2, "reward_scale": 1.0})
     controller = make_controller(config.controller.eta)
-    run = SimpleNamespace(config=config, controller=controller, ddp_replay=ControllerReplay(controller),
-                          accelerator=Accelerator(cpu=True),
+    run = SimpleNamespace(config=config, eta=config.controller.initial_eta, controller=controller,
+                          ddp_replay=ControllerReplay(controller), accelerator=Accelerator(cpu=True),
                           optimizers={"controller": torch.optim.AdamW(controller.parameters(), lr=1e-2)})
     before = mean_beta(controller)
     for update in range(UPDATES):

@@ -79,7 +79,9 @@ def summary_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def key(r):
         m = METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else len(METHOD_ORDER)
-        return (-(r["k_hat"] or 0), m, r["eta"] if r["eta"] is not None else -1.0, r["variant"], r["task"])
+        eta = r["eta"]  # a number, None, or a budget label ("auto, 1 load/token"): after the numbers
+        return (-(r["k_hat"] or 0), m, isinstance(eta, str), eta if isinstance(eta, str) else
+                (eta if eta is not None else -1.0), r["variant"], r["task"])
 
     return sorted(rows, key=key)
 
@@ -94,8 +96,10 @@ def _pm(value: float | None, ci: Sequence[float] | None) -> str:
     return f"{100 * value:.1f} ± {100 * half:.1f}"
 
 
-def _label(method: str, eta: float | None, variant: str = "") -> str:
+def _label(method: str, eta: float | str | None, variant: str = "") -> str:
     if method == "controller":
+        if isinstance(eta, str):  # trained to a budget with η by dual ascent
+            return f"Controller (η {eta})"
         return "Controller" + (f" (η = {eta:g})" if eta is not None else "")
     return _METHOD_LABELS.get(method, method) + (f" ({variant})" if variant else "")
 
@@ -168,7 +172,7 @@ def heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path, layers: Sequen
             continue
         usable = [layer for layer in layers if layer < len(rec["active_experts"][0])]
         rec = {**rec, "model": _label(r["method"], r["eta"]) + f", {TASK_NAMES.get(task, task)}"}
-        eta = f"_eta{r['eta']:g}" if r["eta"] is not None else ""
+        eta = "" if r["eta"] is None else "_budget" if isinstance(r["eta"], str) else f"_eta{r['eta']:g}"
         paths += plot_activations(rec, usable, out_dir, stem=f"activations_{r['method']}{eta}_k{r['k_hat']}")
     return paths
 

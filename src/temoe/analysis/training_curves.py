@@ -11,6 +11,9 @@ training changed.
 `probe_gain` / `plot_probes`: the fixed-prompt probes of `TrainConfig.eval_every` (`eval.jsonl`): the same
 held-out prompts and sampling seeds at every probe, so the reward at step s minus the reward at step 0, per
 prompt, is a paired measurement of what training changed (bootstrap 95% interval over prompts).
+
+`plot_eta`: η per step and the measured expert loads per generated token, with each budgeted run's target
+(`eta: auto`) as a dashed line (`plot_training` adds it when the runs logged `controller/eta`).
 """
 
 from __future__ import annotations
@@ -235,12 +238,69 @@ def plot_probes(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path | N
     return path
 
 
-def _label(run_dir: Path) -> str:
+def _controller_config(run_dir: Path) -> dict:
     cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        ctrl = yaml.safe_load(cfg_path.read_text()).get("controller") or {}
-        return f"η={ctrl.get('eta')}, k̂={ctrl.get('k_hat')}"
-    return run_dir.name
+    return (yaml.safe_load(cfg_path.read_text()).get("controller") or {}) if cfg_path.is_file() else {}
+
+
+def _load_budget(ctrl: dict) -> float | None:
+    """The budget in loads per token of a run trained with `eta: auto` (None otherwise)."""
+    if ctrl.get("eta") != "auto":
+        return None
+    from temoe.controller.config import ControllerConfig
+
+    return ControllerConfig(**ctrl).load_budget_per_token()
+
+
+def _label(run_dir: Path) -> str:
+    ctrl = _controller_config(run_dir)
+    if not ctrl:
+        return run_dir.name
+    budget = _load_budget(ctrl)
+    eta = f"η auto → {budget:g} loads/token" if budget is not None else f"η={ctrl.get('eta')}"
+    switch_cost = ctrl.get("switch_cost", "flat")
+    cost = f", {switch_cost} cost" if budget is not None or switch_cost != "flat" else ""
+    return f"{eta}{cost}, k̂={ctrl.get('k_hat')}"
+
+
+def plot_eta(run_dirs: Sequence[str | Path], out_dir: str | Path, window: int = 20) -> Path | None:
+    """`deliberation_cost.png`: η per step (left) and expert loads per generated token (right, raw and
+    running mean; dashed: the run's budget). None when no run logged `controller/eta`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dirs = [Path(d) for d in run_dirs]
+    runs = [(d, _records(d)) for d in dirs]
+    runs = [(d, recs) for d, recs in runs if any("controller/eta" in r for r in recs)]
+    if not runs:
+        return None
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax_eta, ax_loads) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for c, (d, recs) in enumerate(runs):
+        colour = colours[c % len(colours)]
+        steps = np.array([r["step"] for r in recs], dtype=float)
+        eta = np.array([r.get("controller/eta", np.nan) for r in recs], dtype=float)
+        loads = np.array([r.get("controller/loads_per_token", np.nan) for r in recs], dtype=float)
+        ax_eta.plot(steps, eta, color=colour, linewidth=2.0, label=_label(d))
+        ax_loads.plot(steps, loads, color=colour, alpha=0.25, linewidth=0.8)
+        ax_loads.plot(steps, running_mean_band(loads, window)[0], color=colour, linewidth=2.0)
+        budget = _load_budget(_controller_config(d))
+        if budget is not None:
+            ax_loads.axhline(budget, color=colour, linestyle="--", linewidth=1.0)
+    ax_eta.set_title("Deliberation cost η")
+    ax_loads.set_title("Expert loads per generated token (dashed: budget)")
+    for ax in (ax_eta, ax_loads):
+        ax.set_xlabel("Training step")
+        ax.grid(alpha=0.3)
+    ax_eta.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "deliberation_cost.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_training(
@@ -281,7 +341,7 @@ def plot_training(
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
-    probes = plot_probes(dirs, out)
-    if probes is not None:
-        paths.append(probes)
+    for extra in (plot_probes(dirs, out), plot_eta(dirs, out, window)):
+        if extra is not None:
+            paths.append(extra)
     return paths

@@ -2,7 +2,8 @@
 
 Stages, each caching its output under `--out DIR` (a rerun skips what is already there):
 1. survey   `DIR/survey.json`: base-model switch rate on the embedded prompts (Table 1, k̂ = k̃ and k̂).
-2. train    `DIR/train/eta<η>/`: controller + LoRA training (`temoe.train.train`) at each η.
+2. train    `DIR/train/eta<η>/`: controller + LoRA training (`temoe.train.train`) at each η, and
+            `DIR/train/budget<X>/`: one controller whose η meets a budget of X expert loads per token.
 3. eval     `DIR/eval/<method>[_eta<η>]-<task>.json` + `.jsonl`: base, the four baselines and each
             controller on the embedded math / mc / mc-multilingual sets at the same k̂ (Table 2 layout).
 4. report   `DIR/report.md`, `DIR/figures/*.png`, `DIR/summary.json` (one row per method × η × task).
@@ -11,6 +12,7 @@ Stages, each caching its output under `--out DIR` (a rerun skips what is already
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,6 +42,9 @@ class DemoConfig:
     """k̂ for every method (16 = N/2 for the embedded model, as the paper's headline k̂ = 16 of 32)."""
     etas: tuple[float, ...] = (0.02, 0.04)
     """Deliberation costs η of the trained controllers (paper: 0.02 is the headline, 0.03/0.04 ablations)."""
+    load_budget: float | None = 1.0
+    """Also train one controller with `eta: auto` and `switch_cost: loads` to this budget of expert loads
+    per generated token (summed over layers); None = none."""
     tasks: tuple[str, ...] = ("math", "mc", "mc-multilingual")
     """Evaluation tasks (`temoe.eval.tasks.TASKS`)."""
     data: dict[str, str] = field(default_factory=dict)
@@ -83,6 +88,9 @@ class DemoConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        if self.load_budget is not None and not (math.isfinite(self.load_budget) and self.load_budget > 0):
+            raise ValueError(f"DemoConfig.load_budget={self.load_budget!r}: must be a finite number > 0 "
+                             "(expert loads per generated token) or None")
         if self.controller_mode not in ("sample", "greedy"):
             raise ValueError("DemoConfig.controller_mode must be 'sample' or 'greedy', "
                              f"got {self.controller_mode!r}")
@@ -93,8 +101,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
         """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
-        base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=64, train_steps=4, survey_per_category=3,
-                    survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
+        base = dict(out=out, etas=(0.02,), load_budget=None, limit=24, max_new_tokens=64, train_steps=4,
+                    survey_per_category=3, survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
                     train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0,
                                      "eval_prompts": 4})
         return cls(**{**base, **kw})
@@ -145,21 +153,34 @@ def stage_survey(cfg: DemoConfig, handle, tokenizer) -> dict:
     return out
 
 
-def stage_train(cfg: DemoConfig, eta: float) -> Path:
-    """A trained controller checkpoint for η (existing one, cached run, or a new `temoe.train.train` run)."""
+def budget_label(load_budget: float) -> str:
+    """The η entry of a budgeted controller's rows: "auto, 1 load/token"."""
+    return f"auto, {load_budget:g} load{'' if load_budget == 1 else 's'}/token"
+
+
+def _train_dir(cfg: DemoConfig, eta: float | str) -> Path:
+    name = f"budget{cfg.load_budget:g}" if isinstance(eta, str) else f"eta{eta:g}"
+    return Path(cfg.out) / "train" / name
+
+
+def stage_train(cfg: DemoConfig, eta: float | str) -> Path:
+    """A trained controller checkpoint for η, or for `budget_label(cfg.load_budget)` (existing one, cached
+    run, or a new `temoe.train.train` run)."""
     if eta in cfg.checkpoints:
         return Path(cfg.checkpoints[eta])
     from temoe.inference import resolve_checkpoint
     from temoe.train.config import load_config, shipped_configs
     from temoe.train.trainer import train
 
-    run_dir = Path(cfg.out) / "train" / f"eta{eta:g}"
+    run_dir = _train_dir(cfg, eta)
     done = run_dir / "DONE"
     if done.exists():
         return Path(done.read_text().strip())
     config_name = cfg.train_config or ("tiny" if "tiny" in shipped_configs() else None)
     overrides = {**(FALLBACK_TRAIN if config_name is None else {}), "model": cfg.model,
                  "controller.k_hat": cfg.k_hat, "controller.eta": eta, "out_dir": str(run_dir),
+                 **({"controller.eta": "auto", "controller.switch_cost": "loads",
+                     "controller.load_budget": cfg.load_budget} if isinstance(eta, str) else {}),
                  "seed": cfg.seed, "progress": cfg.progress,
                  **({} if cfg.train_steps is None else {"steps": cfg.train_steps}), **cfg.train_overrides}
     if cfg.prompts is not None:
@@ -171,7 +192,9 @@ def stage_train(cfg: DemoConfig, eta: float) -> Path:
     return ckpt
 
 
-def _eval_name(method: str, eta: float | None, task: str) -> str:
+def _eval_name(method: str, eta: float | str | None, task: str) -> str:
+    if isinstance(eta, str):
+        return f"{method}_budget{eta.removeprefix('auto, ').split(' ')[0]}-{task}"  # budget_label's X
     return f"{method}{'' if eta is None else f'_eta{eta:g}'}-{task}"
 
 
@@ -191,7 +214,7 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
     tasks = {t: load_task(t, cfg.data.get(t), limit=cfg.limit, seed=cfg.seed) for t in cfg.tasks}
     jobs = [(m, None) for m in cfg.methods if m != "controller"]
     if "controller" in cfg.methods:
-        jobs += [("controller", eta) for eta in sorted(checkpoints)]
+        jobs += [("controller", eta) for eta in checkpoints]
     summaries = []
     bar = _bar(len(jobs) * len(tasks), "eval", cfg.progress)
     for method, eta in jobs:
@@ -244,8 +267,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     survey = stage_survey(cfg, handle, tokenizer)
     checkpoints = {}
     if "controller" in cfg.methods:
-        for eta in cfg.etas:
+        for eta in sorted(cfg.etas):
             checkpoints[eta] = stage_train(cfg, eta)
+        if cfg.load_budget and not cfg.checkpoints:
+            checkpoints[budget_label(cfg.load_budget)] = stage_train(cfg, budget_label(cfg.load_budget))
     summaries = stage_eval(cfg, handle, tokenizer, checkpoints)
     rows = summary_rows(summaries)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -263,7 +288,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                    else "the top-k̂ of the selection logits")
         pre.append(f"Controllers evaluated in {cfg.controller_mode} mode (terminations {terminations}; "
                    f"options at a termination {options}).")
-    runs = {f"η = {eta:g}": out / "train" / f"eta{eta:g}" for eta in checkpoints}
+    runs = {(f"η {eta}" if isinstance(eta, str) else f"η = {eta:g}"): _train_dir(cfg, eta)
+            for eta in checkpoints}
     report = build_report([out / "eval"], out, title=f"temoe demo ({cfg.model}, k̂ = {cfg.k_hat})",
                           tasks=list(cfg.tasks), runs=runs, preamble="\n\n".join(pre))
     if checkpoints and not cfg.checkpoints:
@@ -323,6 +349,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="tiny", help='"tiny", a local HF directory, or testing:<model_type>')
     p.add_argument("--k-hat", type=int, help="allowed experts per layer (default 16)")
     p.add_argument("--eta", type=float, action="append", help="deliberation cost η (repeatable)")
+    p.add_argument("--load-budget", type=float, metavar="X",
+                   help="also train a controller to X expert loads per token (eta: auto; 0 = none; "
+                   "default 1, none with --quick)")
     p.add_argument("--task", action="append", help="task (repeatable; default math, mc, mc-multilingual)")
     p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
                    help="data of a local-file task")
@@ -370,6 +399,8 @@ def run(args) -> int:
             updates[key] = value
     if args.eta:
         updates["etas"] = tuple(args.eta)
+    if args.load_budget is not None:
+        updates["load_budget"] = args.load_budget or None
     if args.task:
         updates["tasks"] = tuple(args.task)
     if args.method:

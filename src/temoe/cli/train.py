@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import argparse
 
-from temoe.validation import ETA, POSITIVE_INT, SEED
+from temoe.validation import ETA, POSITIVE, POSITIVE_INT, SEED
+
+
+def _eta(text: str) -> float | str:
+    """argparse `type=` of --eta: a number >= 0 or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else ETA.arg(text)
 
 #: flag -> config key
 _SHORTHANDS = {
     "model": "model",
     "k_hat": "controller.k_hat",
     "eta": "controller.eta",
+    "switch_cost": "controller.switch_cost",
+    "load_budget": "controller.load_budget",
+    "stall_budget_ms": "controller.stall_budget_ms",
+    "hardware": "controller.hardware",
     "steps": "steps",
     "out": "out_dir",
     "seed": "seed",
@@ -32,7 +41,18 @@ def register(sub) -> None:
     )
     p.add_argument("--model", help="model name (`tiny`) or local HF directory [config key model]")
     p.add_argument("--k-hat", type=POSITIVE_INT.arg, help="allowed experts per option k̂ [controller.k_hat]")
-    p.add_argument("--eta", type=ETA.arg, help="deliberation cost η [controller.eta]")
+    p.add_argument("--eta", type=_eta, help="deliberation cost η, or `auto` to meet --load-budget or "
+                   "--stall-budget-ms by dual ascent [controller.eta]")
+    p.add_argument("--switch-cost", choices=("flat", "loads"),
+                   help="charge η per switch (flat, the paper) or per expert loaded [controller.switch_cost]")
+    p.add_argument("--load-budget", type=POSITIVE.arg,
+                   help="with --eta auto: expert loads per generated token, summed over layers "
+                   "[controller.load_budget]")
+    p.add_argument("--stall-budget-ms", type=POSITIVE.arg,
+                   help="with --eta auto and --hardware: transfer stall per generated token in ms "
+                   "[controller.stall_budget_ms]")
+    p.add_argument("--hardware", help="hardware profile converting ms to expert loads (temoe.cost; e.g. "
+                   "h100-gpt-oss-20b) [controller.hardware]")
     p.add_argument("--steps", type=POSITIVE_INT.arg, help="optimisation steps [steps]")
     p.add_argument("--out", help="run directory [out_dir]")
     p.add_argument("--seed", type=SEED.arg, help="seed [seed]")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from temoe.validation import TRAIN_RANGES, check_fields
+from temoe.validation import NON_NEGATIVE, TRAIN_RANGES, check_fields
 
 INITIAL_OPTIONS = ("router", "selection")
+SWITCH_COSTS = ("flat", "loads")
+AUTO = "auto"
+"""`eta: auto`: η is a Lagrange multiplier tuned to meet `load_budget` or `stall_budget_ms`."""
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,35 @@ class ControllerConfig:
     """K = k̂, the number of allowed experts in an option (§5: 16 and 8 for gpt-oss-20b). Must satisfy
     k̃ <= k̂ <= N for the model it controls (checked when the controller is built)."""
 
-    eta: float = 0.02
+    eta: float | str = 0.02
     """Deliberation cost η in the termination advantage A^term_t = Q(h_t, ω_{t-1}) − V(h_t) + η
-    (Alg. 2 continued, line 13; §5: 0.02, 0.03, 0.04). Used by the trainer's termination loss."""
+    (Alg. 2 continued, line 13; §5: 0.02, 0.03, 0.04). Used by the trainer's termination loss. "auto"
+    (temoe extension): η starts at `eta_init` and follows dual ascent once per training step towards
+    `load_budget` (or `stall_budget_ms`), η ← max(0, η + α (measured − budget) / budget), α = `eta_lr`."""
+
+    switch_cost: str = "flat"
+    """How a switch is charged (temoe extension): "flat" = η per switch (the paper); "loads" = η · |ω̃_t \\
+    ω_{t-1}| / k̂, the experts the candidate option ω̃_t would load, so the selection head is also pushed
+    towards options that overlap the current one (docs/controller.md, "A deliberation cost in expert
+    loads")."""
+
+    eta_init: float = 0.02
+    """With `eta: auto`: η at step 1."""
+
+    eta_lr: float = 0.01
+    """With `eta: auto`: α, the step size of η's dual ascent on the relative budget error."""
+
+    load_budget: float = 0.0
+    """With `eta: auto`: the target of expert loads per generated token, summed over the MoE layers
+    (0 = none; exactly one of `load_budget` and `stall_budget_ms` is set)."""
+
+    stall_budget_ms: float = 0.0
+    """With `eta: auto`: the target of transfer stall per generated token in ms, converted to a load budget
+    through `hardware`'s bytes per expert and host -> device bandwidth (0 = none)."""
+
+    hardware: str = ""
+    """A `temoe.cost` hardware profile name (`temoe.cost.profile_names()`): converts `stall_budget_ms` to
+    loads and lets the trainer log the stall per token ("" = none)."""
 
     expert_embed_dim: int = 128
     """d_e, size of the learned expert embeddings e_i of the DeepSets encoder (A2: d_e = 128)."""
@@ -73,11 +102,40 @@ class ControllerConfig:
     norm_eps: float = 1e-6
     """Epsilon of the RMSNorms on h and z (gpt-oss uses 1e-6)."""
 
+    @property
+    def eta_auto(self) -> bool:
+        """η is tuned by dual ascent (`eta: auto`)."""
+        return self.eta == AUTO
+
+    @property
+    def initial_eta(self) -> float:
+        """η of the first training step: `eta`, or `eta_init` with `eta: auto`."""
+        return float(self.eta_init if self.eta_auto else self.eta)
+
+    def stall_ms_per_load(self) -> float | None:
+        """Milliseconds one expert load stalls decoding on `hardware` (None without a profile)."""
+        if not self.hardware:
+            return None
+        from temoe.cost import load_profile
+        from temoe.rl.deliberation import stall_ms_per_load
+
+        profile = load_profile(self.hardware)
+        return stall_ms_per_load(profile.expert_bytes, profile.h2d_bandwidth_gbps)
+
+    def load_budget_per_token(self) -> float | None:
+        """The budget in expert loads per generated token (summed over layers), None unless `eta: auto`."""
+        if not self.eta_auto:
+            return None
+        if self.load_budget > 0:
+            return float(self.load_budget)
+        return self.stall_budget_ms / self.stall_ms_per_load()
+
     def __post_init__(self) -> None:
-        check_fields(self, TRAIN_RANGES, prefix="config key controller.")  # finite; eta >= 0
+        ranges = {k: v for k, v in TRAIN_RANGES.items() if k != "eta" or not self.eta_auto}
+        check_fields(self, ranges, prefix="config key controller.")  # finite; eta >= 0
+        self._check_eta()
         checks = (
             ("k_hat", self.k_hat >= 1, "must be >= 1"),
-            ("eta", self.eta >= 0, "must be >= 0 (a cost; 0 = switching is free)"),
             ("expert_embed_dim", self.expert_embed_dim >= 1, "must be >= 1"),
             ("hidden", self.hidden >= 1, "must be >= 1"),
             ("selection_context_decay", 0.0 <= self.selection_context_decay < 1.0,
@@ -93,3 +151,46 @@ class ControllerConfig:
         for key, ok, why in checks:
             if not ok:
                 raise ValueError(f"ControllerConfig.{key}={getattr(self, key)!r}: {why}")
+
+    def _check_eta(self) -> None:
+        """η: a number >= 0, or "auto" with exactly one budget (a stall budget with a hardware profile)."""
+
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"ControllerConfig.{key}={getattr(self, key)!r}: {why}")
+
+        if isinstance(self.eta, str) and not self.eta_auto:
+            raise bad("eta", f"must be a number >= 0 or {AUTO!r}")
+        if not self.eta_auto and self.eta < 0:
+            raise bad("eta", "must be >= 0 (a cost; 0 = switching is free)")
+        if self.switch_cost not in SWITCH_COSTS:
+            raise bad("switch_cost", f"must be one of {', '.join(SWITCH_COSTS)}")
+        for key in ("eta_init", "eta_lr", "load_budget", "stall_budget_ms"):
+            NON_NEGATIVE.check(f"ControllerConfig.{key}", getattr(self, key))
+        budgets = [k for k in ("load_budget", "stall_budget_ms") if getattr(self, k) > 0]
+        if budgets and not self.eta_auto:
+            raise bad(budgets[0], f"a budget needs eta: {AUTO} (eta={self.eta!r} is fixed)")
+        if self.eta_auto and len(budgets) != 1:
+            raise bad("eta", "'auto' needs exactly one of load_budget > 0 or stall_budget_ms > 0 (with "
+                             f"hardware), got {' and '.join(budgets) or 'neither'}")
+        if self.stall_budget_ms > 0 and not self.hardware:
+            raise bad("stall_budget_ms", "needs a hardware profile to convert ms to expert loads; valid "
+                                         f"hardware: {', '.join(_profile_names())}")
+        if self.hardware:
+            try:
+                self.stall_ms_per_load()
+            except ValueError:
+                raise bad("hardware", f"valid: {', '.join(_profile_names())}") from None
+
+
+def _profile_names() -> list[str]:
+    """The hardware profiles read from the shipped file (`local` is measured, not named in a config)."""
+    from temoe.cost import load_profile, profile_names
+
+    def readable(name: str) -> bool:
+        try:
+            load_profile(name)
+        except ValueError:
+            return False
+        return True
+
+    return [name for name in profile_names() if readable(name)]

@@ -1,8 +1,9 @@
 """Training checkpoints: save atomically and resume exactly (reading one is `temoe.inference`'s).
 
 Layout of one checkpoint directory (`RUN/checkpoints/step_000120/`):
-    meta.json               step, model facts (model_type, L, N, k, H), ControllerConfig, TrainConfig, and the
-                            sha256 of every other file (`files`), verified before anything is loaded
+    meta.json               step, model facts (model_type, L, N, k, H), ControllerConfig, TrainConfig, the
+                            loop's scalars for the next step (`trainer_state`: η), and the sha256 of every
+                            other file (`files`), verified before anything is loaded
     controller.safetensors  the L per-layer controllers (`OptionController.state_dict()`)
     routers.safetensors     trainable router weights, keys `layer{i}.{param}` (i = MoE layer index)
     adapter/                the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)
@@ -94,11 +95,13 @@ def save_checkpoint(
     controller_config,
     accelerator,
     keep: int = 0,
+    trainer_state: dict[str, float] | None = None,
 ) -> Path:
     """Write `run_dir/checkpoints/step_{step:06d}` atomically (all processes must call this).
 
     Refuses (ValueError, on every process) a controller holding NaN or infinity: a diverged run must not
-    leave a checkpoint that serves garbage.
+    leave a checkpoint that serves garbage. `trainer_state`: scalars the loop carries to the next step
+    (η under dual ascent), stored in meta.json as exact JSON floats.
     """
     check_finite_tensors(controller.state_dict(), f"the controller at step {step}")
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -117,6 +120,7 @@ def save_checkpoint(
             "controller_config": asdict(controller_config),
             "train_config": train_config.to_dict(),
             "num_processes": accelerator.num_processes,
+            "trainer_state": dict(trainer_state or {}),
         }
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()},

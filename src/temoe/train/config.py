@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from temoe.controller.config import ControllerConfig
+from temoe.controller.config import AUTO, ControllerConfig
 from temoe.validation import TRAIN_RANGES, check_fields
 
 CONTROLLER = "controller"
@@ -130,7 +130,8 @@ class TrainConfig:
         def bad(key: str, why: str) -> ValueError:
             return ValueError(f"config key {key}={getattr(self, key)!r}: {why}")
 
-        check_fields(self, TRAIN_RANGES)  # every float finite, nested controller included; ranges
+        ranges = {k: v for k, v in TRAIN_RANGES.items() if k != "eta" or not self.controller.eta_auto}
+        check_fields(self, ranges)  # every float finite, nested controller included; ranges
         if self.eval_every < 0:
             raise bad("eval_every", "must be >= 0 (0 = no probes)")
         if self.eval_prompts < 1 or self.eval_prompts % num_processes:
@@ -188,6 +189,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     def fail() -> ValueError:
         return ValueError(f"config key {key}: cannot read {value!r} as {getattr(tp, '__name__', tp)}")
 
+    if set(typing.get_args(tp)) == {float, str}:  # controller.eta: a number or "auto"
+        return AUTO if str(value).strip().lower() == AUTO else _coerce(key, float, value)
     if typing.get_origin(tp) is tuple:
         items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value or ())
         return tuple(str(v) for v in items)

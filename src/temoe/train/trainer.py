@@ -25,13 +25,18 @@ from torch import Tensor, nn
 
 import temoe
 from temoe.controller import OptionController, recorded_mask_fn
-from temoe.inference import resolve_checkpoint
+from temoe.controller.options import indices_to_mask
+from temoe.inference import read_meta, resolve_checkpoint
 from temoe.metrics import switch_rate
 from temoe.moe.lora import add_lora, snapshot_routers, teacher_mode
 from temoe.rl import (
+    counted_positions,
     critic_loss,
     discounted_returns,
+    dual_update,
+    expert_loads,
     intra_option_loss,
+    loads_switch_cost,
     option_critic_targets,
     selection_loss,
     standardize,
@@ -110,6 +115,9 @@ class Run:
     rollout_settings: dict[str, Any]
     """The keyword arguments every `temoe.rollout.rollout` call of the run shares (`rollout_settings`)."""
     logger: MetricsLogger
+    eta: float = 0.0
+    """η of the next step's termination and selection losses (`ControllerConfig.eta`, or the dual variable
+    with `eta: auto`, updated by `update_eta` and stored in every checkpoint)."""
     start_step: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
@@ -146,6 +154,7 @@ def _train(config: TrainConfig, *, resume: bool) -> RunResult:
         t_rollout = time.perf_counter() - t_start
         stats = controller_update(run, batch)  # continued, lines 3–16 (and the ν, ψ, ϕ half of line 20)
         stats |= policy_update(run, batch)  # lines 17–19 (and the θ half of line 20)
+        stats |= update_eta(run, batch)  # η for the next step (dual ascent with `eta: auto`)
         log_step(run, step, batch, stats, time.perf_counter() - t_start, t_rollout)
         if probe is not None and (step % config.eval_every == 0 or step == config.steps):
             probe(step)
@@ -189,10 +198,11 @@ def controller_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
                                     gamma=config.gamma, lam=config.lam)  # lines 4–12
     loss_critic, s_critic = critic_loss(value, q_exec, targets.v_target, targets.q_target, traj.valid,
                                         coef=config.value_coef)  # line 16
-    loss_term, s_term = termination_loss(beta, q_prev, value, traj.decision_mask, config.controller.eta,
-                                         weights)  # line 13
+    cost = switch_cost(run, batch)  # η, or c_t (B, T', L) in expert loads
+    loss_term, s_term = termination_loss(beta, q_prev, value, traj.decision_mask, cost, weights)  # line 13
     switches = traj.decisions & traj.decision_mask[..., None]
-    loss_sel, s_sel = selection_loss(log_prob, q_exec, value, switches, weights)  # lines 14–15
+    loss_sel, s_sel = selection_loss(log_prob, q_exec, value, switches, weights,
+                                     cost=cost if isinstance(cost, Tensor) else None)  # lines 14–15
     loss = loss_term + loss_sel + loss_critic
     grad = _optimizer_step(run, "controller", loss, run.controller.parameters())  # line 20
     return {"loss/value": s_critic["loss/critic"], "loss/termination": float(loss_term.detach()),
@@ -202,6 +212,42 @@ def controller_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
             "termination/adv_mean": s_term["termination/adv_mean"],
             "termination/frac_keep_preferred": s_term["termination/frac_keep_preferred"],
             "selection/num_switches": s_sel["selection/num_switches"]}
+
+
+def switch_cost(run: Run, batch: RolloutBatch) -> float | Tensor:
+    """The deliberation cost of this step: η (`switch_cost: flat`, the paper), or with `switch_cost: loads`
+    c_t = η · |ω̃_t \\ ω_{t-1}| / k̂ (B, T', L), ω̃_t the candidate the selection head drew at t for every row
+    (`Trajectory.selected`; executed only where d_t = 1)."""
+    ctrl = run.config.controller
+    if ctrl.switch_cost == "flat":
+        return run.eta
+    traj, n = batch.trajectory, run.handle.num_experts
+    return loads_switch_cost(indices_to_mask(traj.options_prev, n), indices_to_mask(traj.selected, n),
+                             run.eta, ctrl.k_hat)
+
+
+def update_eta(run: Run, batch: RolloutBatch) -> dict[str, float]:
+    """Measure this step's expert loads per generated token (summed over layers and processes) and, with
+    `eta: auto`, take η's dual-ascent step towards the load budget; returns the `controller/` metrics.
+
+    The logged η is the one this step's losses used; `run.eta` becomes the next step's.
+    """
+    ctrl, traj = run.config.controller, batch.trajectory
+    T = batch.tokens.shape[1]
+    masks = traj.option_masks(run.handle.num_experts)[:, :T]  # (B, T, L, N): the options of generated tokens
+    totals = torch.stack([expert_loads(masks, batch.valid).sum(),
+                          counted_positions(batch.valid).sum().float()]).to(run.accelerator.device)
+    if run.accelerator.num_processes > 1:
+        totals = run.accelerator.reduce(totals, reduction="sum")
+    measured = float(totals[0] / totals[1].clamp_min(1))
+    stats = {"controller/eta": run.eta, "controller/loads_per_token": measured}
+    per_load = ctrl.stall_ms_per_load()
+    if per_load is not None:
+        stats["controller/stall_ms_per_token"] = measured * per_load
+    if ctrl.eta_auto:
+        stats["controller/load_budget"] = ctrl.load_budget_per_token()
+        run.eta = dual_update(run.eta, measured, stats["controller/load_budget"], ctrl.eta_lr)
+    return stats
 
 
 def policy_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
@@ -235,7 +281,8 @@ def save(run: Run, step: int) -> None:
     run.checkpoint = save_checkpoint(
         Path(config.out_dir), step, peft_model=run.peft_model, handle=run.handle, controller=run.controller,
         optimizers=run.optimizers, generators=run.generators, train_config=config,
-        controller_config=config.controller, accelerator=run.accelerator, keep=config.keep_checkpoints)
+        controller_config=config.controller, accelerator=run.accelerator, keep=config.keep_checkpoints,
+        trainer_state={"eta": run.eta})
 
 
 def _optimizer_step(run: Run, name: str, loss: Tensor | None, params) -> float:
@@ -362,6 +409,8 @@ class Probe:
         means = {f"eval/{k}": _nanmean(per_seq[k]) for k in ("reward", "kl", "switch_rate", "teacher_ppl",
                                                               "fixed_kl", "fixed_switch_rate")}
         means["eval/response_tokens"] = _nanmean(per_seq["length"])
+        loads, positions = per_seq["loads"].sum(), per_seq["load_positions"].sum()
+        means["eval/loads_per_token"] = float(loads / positions.clamp_min(1))  # expert loads per token
         lists = {f"{k}_per_prompt": per_seq[k].tolist() for k in ("reward", "kl", "switch_rate", "fixed_kl")}
         run.logger.log_eval({"step": step, **means, **lists})
 
@@ -394,6 +443,8 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
         "repeat_fraction": torch.tensor(repeat),
         "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
         "importance_weight": (batch.weights * valid).sum(1) / n,
+        "loads": expert_loads(masks[:, :valid.shape[1]], valid).sum(1),  # Σ_ℓ |ω_t \ ω_{t-1}| over t >= 1
+        "load_positions": counted_positions(valid).sum(1).float(),
         "betas": traj.betas[dec].flatten(),
     }
 
@@ -474,12 +525,14 @@ def setup(config: TrainConfig, resume: bool) -> Run:
               prompts=load_prompts(config, tokenizer, model.config.vocab_size, pad_id, eos_ids),
               generators={"sample": _generator(device, config.seed * 7919 + rank),
                           "controller": _generator(device, config.seed * 104729 + rank)},
-              rollout_settings=rollout_settings(config, eos_ids, pad_id, early_stop=not sharded), logger=None)
+              rollout_settings=rollout_settings(config, eos_ids, pad_id, early_stop=not sharded), logger=None,
+              eta=config.controller.initial_eta)
     if resume:
         run.checkpoint = resolve_checkpoint(config.out_dir)
         run.start_step = load_training_state(run.checkpoint, peft_model=peft_model, handle=handle,
                                              controller=controller, optimizers=run.optimizers,
                                              generators=run.generators, process_index=rank)
+        run.eta = float(read_meta(run.checkpoint).get("trainer_state", {}).get("eta", run.eta))
     if accelerator.is_main_process:
         config.save(Path(config.out_dir) / "config.yaml")
     run.logger = MetricsLogger(config.out_dir, total_steps=config.steps, start_step=run.start_step,
