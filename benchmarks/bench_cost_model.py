@@ -31,9 +31,9 @@ import torch
 
 import temoe
 from temoe.cost import predict
-from temoe.cost.local import decode_ms_per_token, measure_local_profile
 from temoe.loading import load_model
 from temoe.serve.bench import run_ladder
+from temoe.serve.local_profile import decode_ms_per_token, measure_local_profile
 from temoe.serve.synthetic import SyntheticOptions
 
 MODEL = "tiny-random:gpt_oss"

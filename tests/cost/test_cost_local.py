@@ -9,9 +9,9 @@ import torch
 
 import temoe
 from temoe.cost import predict
-from temoe.cost.local import measure_local_profile
 from temoe.cost.profiles import FIGURES
 from temoe.loading import load_model
+from temoe.serve.local_profile import measure_local_profile
 from temoe.serve.store import ExpertLayout
 
 
@@ -37,7 +37,7 @@ def test_local_profile_on_cpu():
 
 
 def test_copy_fit_reproduces_the_measured_copy_time():
-    from temoe.cost.local import _fit_copy
+    from temoe.serve.local_profile import _fit_copy
 
     # 1 MB at 10 GB/s = 0.1 ms; a 0.13 ms copy leaves 0.03 ms of fixed overhead
     bw, overhead, note = _fit_copy(1_000_000, 10.0, 0.13)

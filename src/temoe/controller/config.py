@@ -117,10 +117,8 @@ class ControllerConfig:
         if not self.hardware:
             return None
         from temoe.cost import load_profile
-        from temoe.rl.deliberation import stall_ms_per_load
 
-        profile = load_profile(self.hardware)
-        return stall_ms_per_load(profile.expert_bytes, profile.h2d_bandwidth_gbps)
+        return load_profile(self.hardware).load_ms  # per-copy overhead + expert bytes / bandwidth
 
     def load_budget_per_token(self) -> float | None:
         """The budget in expert loads per generated token (summed over layers), None unless `eta: auto`."""

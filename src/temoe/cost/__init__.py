@@ -1,7 +1,7 @@
 """temoe.cost: predicted decode time per token from expert loads on named hardware (docs/cost-model.md).
 
 Torch-free: `predict`, `Prediction`, `HardwareProfile`, `load_profile`, `profile_names`, `split_loads`,
-`LoadCounts`. Measuring the `local` profile needs torch: `temoe.cost.local.measure_local_profile`.
+`LoadCounts`. Measuring the `local` profile needs torch: `temoe.serve.local_profile.measure_local_profile`.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def load_profile(name: str, *, dtype: str | None = None, path: str | Path | None
     """The profile `name` from `path` (default: the shipped hardware.yaml).
 
     dtype: which `expert_bytes` entry to use (default: the profile's `dtype`, the format its decode time
-    was measured in). `local` is measured, not read: use `temoe.cost.local.measure_local_profile`.
+    was measured in). `local` is measured, not read: use `temoe.serve.local_profile.measure_local_profile`.
     """
     profiles = _read(path)
     if name not in profiles:
@@ -148,7 +148,7 @@ def load_profile(name: str, *, dtype: str | None = None, path: str | Path | None
     if entry.get("measured"):
         raise ValueError(
             f"hardware profile {name!r} is measured on the running machine, not read from a file: call "
-            "temoe.cost.local.measure_local_profile(model, tokenizer)"
+            "temoe.serve.local_profile.measure_local_profile(model, tokenizer)"
         )
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
