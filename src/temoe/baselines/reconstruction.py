@@ -1,4 +1,4 @@
-"""Reconstruction-loss pruning baseline (Lu et al. 2024, METHOD §5): per layer, greedy forward selection
+"""Reconstruction-loss pruning baseline (Lu et al. 2024; the paper's §5): per layer, greedy forward selection
 of the k̂-subset C minimising ‖F′(X, C) − F(X)‖_F on cached MoE-block inputs X from the calibration set.
 
 F(X) is the routed part of the MoE block with every expert allowed; F′(X, C) recomputes the routing with only

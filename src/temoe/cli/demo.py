@@ -61,7 +61,7 @@ class DemoConfig:
     """Extra `temoe.train.load_config` overrides (`controller.KEY` for the controller's keys)."""
     controller_mode: str = "sample"
     """How the evaluated controllers act: "sample" (d_t ~ Bernoulli(β_t), Plackett–Luce selection; the paper's
-    likely mode, digest §3) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
+    likely mode) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
     selection_mode: str | None = None
     """Override only how an option is chosen at a termination ("greedy": top-k̂ of the selection logits);
     None: as `controller_mode`."""

@@ -34,7 +34,7 @@ def add_lora(
     `handle` is the `temoe.wrap(model)` handle (its routers stay the same modules: peft does not touch them,
     so the mask hooks keep firing). lora_dropout is 0 (peft's ParamWrapper forbids dropout). Attention modules
     default to the architecture's `ArchSpec.attention_modules` that exist in the model (an explicit list:
-    `"all-linear"` would also put LoRA on Mixtral's router, survey §5). Everything else is frozen.
+    `"all-linear"` would also put LoRA on Mixtral's router). Everything else is frozen.
     """
     spec = ARCHITECTURES[model.config.model_type]
     targets: list[str] = []
