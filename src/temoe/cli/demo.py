@@ -92,7 +92,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
-        """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
+        """CI preset: a small run of every stage (run time in BENCHMARKS.md)."""
         base = dict(out=out, etas=(0.02,), limit=24, max_new_tokens=64, train_steps=4, survey_per_category=3,
                     survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
                     train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0,
@@ -101,7 +101,7 @@ class DemoConfig:
 
     @classmethod
     def full(cls, out: str, **kw) -> DemoConfig:
-        """README preset (≤ 15 minutes on 2 CPU cores for the embedded model)."""
+        """README preset: the run behind the README table (command and run time in BENCHMARKS.md)."""
         return cls(out=out, **kw)
 
 
@@ -319,7 +319,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="Survey, train, evaluate and report on the embedded model (resumable).",
                        description=__doc__)
     p.add_argument("--out", required=True, help="run directory (rerunning resumes)")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (about 2 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (fewer questions, tokens and steps)")
     p.add_argument("--model", default="tiny", help='"tiny", a local HF directory, or testing:<model_type>')
     p.add_argument("--k-hat", type=int, help="allowed experts per layer (default 16)")
     p.add_argument("--eta", type=float, action="append", help="deliberation cost η (repeatable)")

@@ -95,7 +95,7 @@ def teacher_mode(
 
     Use under `torch.no_grad()` and without `handle.restrict(...)` (the teacher routes unmasked).
     Same effect as `peft_model.disable_adapter()` for our single, always-enabled adapter, without its
-    model-status scan over every module (~20 ms per call, paid on every decode step of a rollout).
+    model-status scan over every module, which would be paid on every decode step of a rollout.
     """
     lora = peft_model.base_model
     lora.disable_adapter_layers()
