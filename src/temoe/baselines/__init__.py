@@ -1,4 +1,4 @@
-"""Pruning baselines at the same k̂ (METHOD §5): frequency, reconstruction loss, random,
+"""Pruning baselines at the same k̂ (the paper's §5): frequency, reconstruction loss, random,
 Wanda. Each emits masks that run through the shared masked-routing path (`MoEHandle.restrict`)."""
 
 from temoe.baselines.build import BASELINES, baseline_source

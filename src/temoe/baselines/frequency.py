@@ -1,4 +1,4 @@
-"""Frequency pruning baseline (METHOD §5): keep the k̂ experts each layer routes to most on
+"""Frequency pruning baseline (the paper's §5): keep the k̂ experts each layer routes to most on
 calibration data."""
 
 from __future__ import annotations

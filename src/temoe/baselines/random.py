@@ -1,5 +1,5 @@
-"""Random baseline (METHOD §5): a fresh uniformly random k̂-set of experts at every token and
-layer (the paper), or one fixed random k̂-set per layer (the reference code's variant, digest §5).
+"""Random baseline (the paper's §5): a fresh uniformly random k̂-set of experts at every token and
+layer (the paper), or one fixed random k̂-set per layer (the authors' reference code's variant).
 Draws use an explicit torch.Generator."""
 
 from __future__ import annotations

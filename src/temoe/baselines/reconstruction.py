@@ -1,4 +1,4 @@
-"""Reconstruction-loss pruning baseline (Lu et al. 2024, METHOD §5): per layer, greedy forward selection
+"""Reconstruction-loss pruning baseline (Lu et al. 2024; the paper's §5): per layer, greedy forward selection
 of the k̂-subset C minimising ‖F′(X, C) − F(X)‖_F on cached MoE-block inputs X from the calibration set.
 
 F(X) is the routed part of the MoE block with every expert allowed; F′(X, C) recomputes the routing with only
@@ -114,8 +114,8 @@ def reconstruction_masks(handle, hidden: list[Tensor], k_hat: int, max_tokens: i
     """(L, N) bool greedy reconstruction masks from cached MoE-block inputs `hidden[i]` (T_i, H).
 
     max_tokens: use a uniform random subset of this many calibration tokens per layer (None: all).
-    The reference used all ~262k tokens; the objective is a sum over tokens, so a few thousand already
-    rank the experts stably.
+    The authors' reference code used all calibration tokens; the objective is a sum over tokens, so a subset
+    estimates it (BENCHMARKS.md, "Reconstruction baseline across calibration draws", measures the spread).
     """
     device = next(handle.model.parameters()).device
     dtype = next(handle.experts[0].parameters()).dtype

@@ -1,7 +1,7 @@
-"""Wanda structured pruning baseline (Sun et al. 2024, METHOD §5): prune (N − k̂)/N of every expert's weights
-with n:m structured sparsity scored by |W| · ‖x‖, reversibly.
+"""Wanda structured pruning baseline (Sun et al. 2024; the paper's §5): prune (N − k̂)/N of every expert's
+weights with n:m structured sparsity scored by |W| · ‖x‖, reversibly.
 
-Mapping to experts (following the reference's locuslab-based code, digest §5):
+Mapping to experts (following the authors' locuslab-based reference code):
 - Each expert's `gate_up_proj` and `down_proj` are viewed as [out, in] matrices (gpt_oss stores them [in, out]
   and is transposed for scoring). Biases, routers, attention, embeddings and `lm_head` are untouched.
 - Input-channel norms ‖x_j‖₂ come only from the calibration tokens the base routing sends to that expert:

@@ -66,7 +66,7 @@ class DemoConfig:
     """Extra `temoe.train.load_config` overrides (`controller.KEY` for the controller's keys)."""
     controller_mode: str = "sample"
     """How the evaluated controllers act: "sample" (d_t ~ Bernoulli(β_t), Plackett–Luce selection; the paper's
-    likely mode, digest §3) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
+    likely mode) or "greedy" (d_t = [β_t >= 0.5], top-k̂; the authors' code's default)."""
     selection_mode: str | None = None
     """Override only how an option is chosen at a termination ("greedy": top-k̂ of the selection logits);
     None: as `controller_mode`."""
@@ -109,7 +109,7 @@ class DemoConfig:
 
     @classmethod
     def full(cls, out: str, **kw) -> DemoConfig:
-        """README preset (≤ 15 minutes on 2 CPU cores for the embedded model)."""
+        """README preset: the run behind the README table (command and run time in BENCHMARKS.md)."""
         return cls(out=out, **kw)
 
 
@@ -345,7 +345,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="Survey, train, evaluate and report on the embedded model (resumable).",
                        description=__doc__)
     p.add_argument("--out", required=True, help="run directory (rerunning resumes)")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (about 2 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (fewer questions, tokens and steps)")
     p.add_argument("--model", default="tiny", help='"tiny", a local HF directory, or testing:<model_type>')
     p.add_argument("--k-hat", type=int, help="allowed experts per layer (default 16)")
     p.add_argument("--eta", type=float, action="append", help="deliberation cost η (repeatable)")

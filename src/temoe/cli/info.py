@@ -10,9 +10,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "info",
         help="print MoE facts of a model: layers, experts, top-k, parameters, expert memory at k̂",
-        description="MODEL is 'tiny' (the embedded model) or a local Hugging Face directory.",
+        description="MODEL is 'tiny' (the embedded model), a local Hugging Face directory, "
+        "'tiny-random:<model_type>' or 'gpt-oss-20b-random'.",
     )
-    p.add_argument("model", help="'tiny' or a local HF model directory")
+    p.add_argument("model", help="'tiny', a local HF model directory or 'tiny-random:<model_type>'")
     p.add_argument("--k-hat", type=int, default=None, help="allowed experts k̂ per layer (default: N/2)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)

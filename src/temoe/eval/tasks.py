@@ -1,10 +1,10 @@
 """Evaluation tasks: a list of items, a prompt per item and a pure grader, loaded from local files only.
 
 Tasks (`TASKS`): the embedded sets `math`, `mc`, `mc-multilingual` (shipped JSONL, the prompt format the
-embedded model was pretrained on) and the local-file benchmarks `hendrycks-math`, `mmlu`, `mmmlu` (METHOD §5),
-read from the layouts users have on disk; never from the network. Subsampling follows the paper: the pool is
-read in a fixed (sorted-file) order and `random.Random(seed).sample(pool, limit)` draws `limit` items
-(§5: 200 questions, seed 42).
+embedded model was pretrained on) and the local-file benchmarks `hendrycks-math`, `mmlu`, `mmmlu`
+(the paper's §5), read from the layouts users have on disk; never from the network. Subsampling follows the
+paper: the pool is read in a fixed (sorted-file) order and `random.Random(seed).sample(pool, limit)` draws
+`limit` items (§5: 200 questions, seed 42).
 """
 
 from __future__ import annotations

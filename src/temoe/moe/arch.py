@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: Routing rules of transformers' routers (survey §3, "Routing families"):
+#: Routing rules of transformers' routers:
 #: "topk_softmax": top-k on the raw logits, then softmax over the k values (gpt_oss, granitemoe).
 #: "softmax_topk": float32 softmax over all N logits, top-k, optional renormalisation (mixtral, qwen, olmoe).
 #: "sigmoid_group": sigmoid scores + correction bias, group-limited top-k, weights from the unbiased scores

@@ -34,7 +34,7 @@ def add_lora(
     `handle` is the `temoe.wrap(model)` handle (its routers stay the same modules: peft does not touch them,
     so the mask hooks keep firing). lora_dropout is 0 (peft's ParamWrapper forbids dropout). Attention modules
     default to the architecture's `ArchSpec.attention_modules` that exist in the model (an explicit list:
-    `"all-linear"` would also put LoRA on Mixtral's router, survey §5). Everything else is frozen.
+    `"all-linear"` would also put LoRA on Mixtral's router). Everything else is frozen.
     """
     spec = ARCHITECTURES[model.config.model_type]
     targets: list[str] = []
@@ -95,7 +95,7 @@ def teacher_mode(
 
     Use under `torch.no_grad()` and without `handle.restrict(...)` (the teacher routes unmasked).
     Same effect as `peft_model.disable_adapter()` for our single, always-enabled adapter, without its
-    model-status scan over every module (~20 ms per call, paid on every decode step of a rollout).
+    model-status scan over every module, which would be paid on every decode step of a rollout.
     """
     lora = peft_model.base_model
     lora.disable_adapter_layers()

@@ -3,7 +3,7 @@
 Each function repeats the exact op sequence (and dtype casts) of the transformers router it stands for,
 with the mask applied before the top-k (§2: disallowed logits are -inf before the router's own top-k̃).
 With every expert allowed the result is bit-identical to the router's own output, so the hook that calls
-these functions can run unconditionally (branchless, survey §6).
+these functions can run unconditionally (branchless).
 """
 
 from __future__ import annotations

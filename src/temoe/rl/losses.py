@@ -122,10 +122,10 @@ def token_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
                   valid: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Full-vocabulary reverse KL(π_θ ‖ p_teacher) at every visited response position, averaged over them.
 
-    A lower-variance alternative to `intra_option_loss` (temoe extension, `TrainConfig.policy_loss =
-    "token_kl"`, as in on-policy distillation, Agarwal et al. 2024): the same per-token objective the reward
-    estimates (−r_t is a one-sample estimate of this KL), computed exactly over the vocabulary at the states
-    the rollout visited, without credit assignment to later tokens. student_logits (B, T, V) with gradients,
+    The exact counterpart of `intra_option_loss`'s sampled objective (as in on-policy distillation, Agarwal
+    et al. 2024; used by the `static-distill` peer method): the same per-token objective the reward estimates
+    (−r_t is a one-sample estimate of this KL), computed exactly over the vocabulary at the states the rollout
+    visited, without credit assignment to later tokens. student_logits (B, T, V) with gradients,
     teacher_logits (B, T, V) (detached here), both at the sampling temperature; valid (B, T).
     """
     log_s = torch.log_softmax(student_logits.float(), dim=-1)

@@ -95,8 +95,8 @@ def run_ladder(
 
     k_hats default to N/4 and N/2 (8 and 16 for gpt-oss-20b). Without a `controller` the option rungs use a
     synthetic option policy at `switch_rate` (labelled as such), plus the router-as-option-policy rung at the
-    largest k̂. On CPU the device tier is simulated and the PCIe bound uses `sim_bandwidth_gbps` (default 54,
-    the pinned H2D bandwidth measured on an H100 in docs/serving.md); on CUDA the bandwidth is measured first.
+    largest k̂. On CPU the device tier is simulated and the PCIe bound uses `sim_bandwidth_gbps` (a pinned
+    host -> device bandwidth, GB/s); on CUDA the bandwidth is measured first.
     """
     from temoe.serve.synthetic import SyntheticOptions
 

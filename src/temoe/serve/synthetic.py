@@ -1,7 +1,7 @@
 """Synthetic option policies that isolate the serving engine from controller quality (benchmarks, tests).
 
 `rule="random"`: each layer switches with probability `switch_rate` per generated token. `rule="router"`: the
-paper's base-model switch rule (METHOD.md §2): switch when the router's top-k̃ leaves the current option. In
+paper's base-model switch rule (the paper's §2): switch when the router's top-k̃ leaves the current option. In
 both, ω_0 is the router's top-k̂ at the last prompt position and a new option is the router's top-k̂ for the
 current token, so the routed experts always lie inside the option (with rule="router" the routing, hence the
 output, equals the unrestricted base model's).
