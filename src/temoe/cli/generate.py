@@ -73,6 +73,7 @@ def run(args) -> int:
             top_p=args.top_p,
             handle=handle,
             generator=generator,
+            chat_template=not args.no_chat_template,
         )
         record = {"text": text, "switch_rate": stats.get("serve/switch_rate", float("nan")), "stats": stats}
     else:

@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from temoe.rollout.sampling import sample_next
+from temoe.rollout.text import encode_prompt
 from temoe.serve.engine import OffloadEngine, make_policy
 from temoe.serve.stats import TokenTimer
 
@@ -96,6 +97,7 @@ def generate_offloaded(
     handle=None,
     generator: torch.Generator | None = None,
     sim_bandwidth_gbps: float | None = None,
+    chat_template: bool = True,
 ) -> tuple[str, dict]:
     """Generate from `prompt` with only `expert_budget` experts per MoE layer on `device`; returns
     (text, stats).
@@ -106,6 +108,8 @@ def generate_offloaded(
     masks: bool (L, N) / (1, L, N) or a MaskFn (see `MoEHandle.restrict`). stats: flat `serve/*` metrics
     (docs/serving.md). The model is restored (experts back in their parameters) before returning.
     `handle`: an existing `temoe.wrap(model)` handle; otherwise the model is wrapped here and unwrapped after.
+    `chat_template`: encode the prompt with the tokenizer's chat template when it has one (`encode_prompt`,
+    the encoder every command uses).
     """
     import temoe
 
@@ -148,6 +152,7 @@ def generate_offloaded(
                 top_p,
                 generator,
                 stream_callback,
+                chat_template,
             )
         finally:
             engine.release(0)
@@ -166,9 +171,10 @@ def generate_offloaded(
 
 
 def _run_one(
-    engine, tokenizer, prompt, max_new_tokens, route, state, temperature, top_p, generator, stream_callback
+    engine, tokenizer, prompt, max_new_tokens, route, state, temperature, top_p, generator, stream_callback,
+    chat_template=True,
 ) -> tuple[str, dict]:
-    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    input_ids = torch.tensor([encode_prompt(tokenizer, prompt, chat_template)])  # (1, P)
     timer = TokenTimer(prompt_tokens=input_ids.shape[1])
     begin = getattr(state, "begin_generation", None)
     tokens: list[int] = []
