@@ -128,9 +128,10 @@ def run(args) -> int:
     return 0
 
 
-_BUDGET_DOC = """Accuracy against predicted decode speed at B expert slots per layer, for every method and knob
-value: evaluations cached in OUT/k{B}/ (a rerun skips finished cells), controllers trained into OUT/train/
-unless --checkpoint ETA=DIR is given, OUT/budget.json, OUT/budget.md and OUT/pareto_<task>_B<budget>.png.
+_BUDGET_DOC = """Accuracy against predicted decode speed at B expert slots per layer, for every method and
+knob value: evaluations cached in OUT/k{B}/ (a rerun skips finished cells), controllers trained into
+OUT/train/ unless --checkpoint ETA=DIR is given, OUT/budget.json, OUT/budget.md and
+OUT/pareto_<task>_B<budget>.png.
 Methods: NAME or NAME=v1,v2 (knob values); docs/budget.md explains the columns and the assumptions."""
 
 
@@ -169,7 +170,10 @@ def _budget_settings(args):
     from temoe.eval.budget import EvalSettings
 
     q = args.quick
-    pick = (lambda v, full, quick: v if v is not None else (quick if q else full))
+
+    def pick(value, full, quick):
+        return value if value is not None else (quick if q else full)
+
     return EvalSettings(model=args.model, limit=pick(args.limit, 200, 8),
                         max_new_tokens=pick(args.max_new_tokens, 64, 12), batch_size=args.batch_size,
                         seed=args.seed, calibration_size=pick(args.calibration_size, 128, 8),
@@ -219,6 +223,17 @@ def _train_controllers(needed: list[tuple[int, float]], args, out: Path) -> dict
     return runs
 
 
+def _profile(hardware: str, dtype: str | None, handle, tokenizer):
+    """A named cost-model profile, or `local` measured on this machine with the loaded model."""
+    from temoe.cost import load_profile
+
+    if hardware == "local":
+        from temoe.cost.local import measure_local_profile
+
+        return measure_local_profile(handle, tokenizer)
+    return load_profile(hardware, dtype=dtype)
+
+
 def run_budget(args) -> int:
     import sys
 
@@ -257,14 +272,14 @@ def run_budget(args) -> int:
 
     results = bud.run_cells(cells, out, settings, progress)
     bar.close()
-    profile = bud.resolve_profile(args.hardware, args.dtype, handle, tokenizer)
+    profile = _profile(args.hardware, args.dtype, handle, tokenizer)
     rows = bud.build_rows(results, profile, handle.num_layers)
     notes = [f"model {args.model}: {handle.num_layers} MoE layers, N = {handle.num_experts}, "
              f"k̃ = {handle.top_k}; loads per token per layer carried over to the profile's "
              f"{profile.num_layers} layers",
              f"eval: limit {settings.limit}, max new tokens {settings.max_new_tokens}, batch "
-             f"{settings.batch_size}, calibration {settings.calibration_size} x {settings.calibration_tokens} "
-             f"tokens, seed {settings.seed}"]
+             f"{settings.batch_size}, calibration {settings.calibration_size} x "
+             f"{settings.calibration_tokens} tokens, seed {settings.seed}"]
     command = "temoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "temoe bench budget"
     paths = bud.write_outputs(out, rows, profile, command, notes, handle.num_layers)
     print("\n".join(f"wrote {p}" for p in paths))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from temoe.cost import HardwareProfile, load_profile, predict, profile_names
+from temoe.cost import HardwareProfile, predict, profile_names
 
 __all__ = [
     "Cell", "DEFAULT_METHODS", "KNOBS", "QUICK_METHODS", "EvalSettings", "parse_methods", "check_inputs",
@@ -115,7 +115,8 @@ def _parse_knob(method: str, text: str):
     except ValueError:
         raise ValueError(f"{method} knob {text!r} is not a number") from None
     if value < 0 or (method == "demand" and not 0 < value < 1):
-        raise ValueError(f"{method} knob {text!r} out of range ({'(0, 1)' if method == 'demand' else '>= 0'})")
+        valid = "(0, 1)" if method == "demand" else ">= 0"
+        raise ValueError(f"{method} knob {text!r} out of range; valid: {valid}")
     return value
 
 
@@ -336,15 +337,6 @@ def _plots(out: Path, rows: list[dict], profile: HardwareProfile) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def resolve_profile(hardware: str, dtype: str | None, handle=None, tokenizer=None) -> HardwareProfile:
-    """A named profile, or `local` measured on this machine with the loaded model."""
-    if hardware == "local":
-        from temoe.cost.local import measure_local_profile
-
-        return measure_local_profile(handle, tokenizer)
-    return load_profile(hardware, dtype=dtype)
 
 
 class CellRunner:
