@@ -86,12 +86,13 @@ def test_quick_run_writes_outputs_and_a_rerun_skips_cells(tmp_path, monkeypatch)
         assert set(bud.ROW_KEYS) <= set(r) and r["budget"] == 16 and r["task"] == "mc"
         assert 0 < r["predicted_tok_s"] <= 23.8 + 1e-9
     full = next(r for r in data["rows"] if r["method"] == "full")
-    assert full["loads_per_token"] == 0 and full["predicted_vs_full"] == 1.0
+    assert full["loads_per_token"] == 0 and full["predicted_vs_full"] == 1.0 and full["switch_rate"] is None
     demand = next(r for r in data["rows"] if r["method"] == "demand")
     assert demand["critical_source"] == "routed misses (split_loads)"
     assert demand["critical_per_token"] <= demand["loads_per_token"]
     md = (out / "budget.md").read_text()
     assert "## B = 16" in md and "h100-gpt-oss-20b" in md and "temoe bench budget" in md
+    assert "4 of 4 cells evaluated by temoe bench budget" in md
     assert (out / "pareto_mc_B16.png").stat().st_size > 0
     assert not list(out.rglob("*.part"))
 

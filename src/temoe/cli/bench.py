@@ -279,7 +279,7 @@ def run_budget(args) -> int:
              f"{profile.num_layers} layers",
              f"eval: limit {settings.limit}, max new tokens {settings.max_new_tokens}, batch "
              f"{settings.batch_size}, calibration {settings.calibration_size} x "
-             f"{settings.calibration_tokens} tokens, seed {settings.seed}"]
+             f"{settings.calibration_tokens} tokens, seed {settings.seed}", bud.provenance_note(results)]
     command = "temoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "temoe bench budget"
     paths = bud.write_outputs(out, rows, profile, command, notes, handle.num_layers)
     print("\n".join(f"wrote {p}" for p in paths))

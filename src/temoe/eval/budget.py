@@ -37,6 +37,8 @@ DEFAULT_METHODS = ("lru", "lfu", "cache-prior", "demand", "reap", "frequency", "
 QUICK_METHODS = ("lru", "demand=0.5", "frequency")
 #: Residencies whose loads are all cache misses the computation waits for.
 _CACHE_RESIDENCIES = ("lru", "lfu")
+#: `written_by` of the cell summaries this module evaluates (others were placed in OUT beforehand).
+WRITER = "temoe bench budget"
 ROW_KEYS = ("method", "knob", "budget", "task", "accuracy", "accuracy_ci", "switch_rate", "loads_per_token",
             "critical_per_token", "background_per_token", "critical_source", "predicted_tok_s",
             "predicted_vs_full", "n")
@@ -210,8 +212,8 @@ def predict_row(summary: dict, cell: Cell, profile: HardwareProfile, layer_scale
 def full_row(base: dict, budget: int, task: str, profile: HardwareProfile) -> dict:
     """The full-residency row: the base model's accuracy, no loads, the profile's full decode speed."""
     return {"method": "full", "knob": None, "budget": budget, "task": task, "accuracy": base["accuracy"],
-            "accuracy_ci": base.get("accuracy_ci"), "switch_rate": base.get("switch_rate"),
-            "loads_per_token": 0.0, "critical_per_token": 0.0, "background_per_token": 0.0,
+            "accuracy_ci": base.get("accuracy_ci"), "switch_rate": None, "loads_per_token": 0.0,
+            "critical_per_token": 0.0, "background_per_token": 0.0,
             "critical_source": "every expert resident", "predicted_tok_s": profile.decode_tok_s,
             "predicted_vs_full": 1.0, "n": base.get("n")}
 
@@ -245,6 +247,16 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
             if progress:
                 progress(cell, False)
     return results
+
+
+def provenance_note(results: dict[Cell, dict]) -> str:
+    """How many cells this command evaluated and how many it read from summaries placed in OUT beforehand."""
+    ours = sum(1 for s in results.values() if s.get("written_by") == WRITER)
+    other = len(results) - ours
+    note = f"{ours} of {len(results)} cells evaluated by temoe bench budget"
+    if other:
+        note += f"; {other} read from `temoe eval` summaries with the same settings placed in OUT beforehand"
+    return note
 
 
 def build_rows(results: dict[Cell, dict], profile: HardwareProfile, model_layers: int) -> list[dict]:
@@ -407,6 +419,6 @@ class CellRunner:
                                            generation=generation, budget=cell.budget, **options)
         if summary.get("residency") == "option":
             summary["critical_per_token"] = option_critical_per_token(records, cell.budget)
-        summary.update(model=s.model, checkpoint=s.checkpoints.get((cell.budget, cell.knob))
-                       if cell.method == "controller" else None)
+        checkpoint = s.checkpoints.get((cell.budget, cell.knob)) if cell.method == "controller" else None
+        summary.update(written_by=WRITER, model=s.model, checkpoint=checkpoint)
         return summary
