@@ -285,8 +285,8 @@ def write_outputs(out: Path, rows: list[dict], profile: HardwareProfile, command
 
 def _profile_line(p: HardwareProfile) -> str:
     return (f"{p.name}: {p.num_layers} MoE layers, {p.expert_bytes / 2**20:.1f} MiB per expert"
-            f"{f' ({p.dtype})' if p.dtype else ''}, {p.h2d_bandwidth_gbps:g} GB/s host->device, "
-            f"full-residency decode {p.decode_tok_s:g} tok/s, background overlap {p.background_overlap:g}")
+            f"{f' ({p.dtype})' if p.dtype else ''}, {p.h2d_bandwidth_gbps:.3g} GB/s host->device, "
+            f"full-residency decode {p.decode_tok_s:.3g} tok/s, background overlap {p.background_overlap:g}")
 
 
 def _ci(ci) -> str:
