@@ -1,4 +1,6 @@
-"""`temoe bench serve`: the serving ladder on one device and prompt set: full residency, an LRU cache at the
+"""`temoe bench serve` and `temoe bench budget` (`temoe.eval.budget`).
+
+`temoe bench serve`: the serving ladder on one device and prompt set: full residency, an LRU cache at the
 largest k̂'s budget, and the temporally extended engine at each k̂, with the PCIe lower bound beside each row.
 
 Without --checkpoint the option rows use a synthetic option policy with --switch-rate-target (labelled so)
@@ -13,7 +15,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (`temoe bench serve`)")
+    p = sub.add_parser("bench", help="benchmarks (`temoe bench serve`, `temoe bench budget`)")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     s = bench_sub.add_parser(
         "serve",
@@ -61,6 +63,7 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", help="write the ladder (environment + rows) to this JSON file")
     s.set_defaults(func=run)
+    _register_budget(bench_sub)
 
 
 def _read_prompts(path: str | None, limit: int) -> list[str] | None:
@@ -122,4 +125,162 @@ def run(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
         print(f"wrote {args.json}")
+    return 0
+
+
+_BUDGET_DOC = """Accuracy against predicted decode speed at B expert slots per layer, for every method and
+knob value: evaluations cached in OUT/k{B}/ (a rerun skips finished cells), controllers trained into
+OUT/train/ unless --checkpoint ETA=DIR is given, OUT/budget.json, OUT/budget.md and
+OUT/pareto_<task>_B<budget>.png.
+Methods: NAME or NAME=v1,v2 (knob values); docs/budget.md explains the columns and the assumptions."""
+
+
+def _register_budget(bench_sub) -> None:
+    from temoe.validation import POSITIVE_INT
+
+    b = bench_sub.add_parser("budget", help="accuracy vs predicted tok/s at a fixed expert memory",
+                             description=_BUDGET_DOC)
+    b.add_argument("--model", default="tiny", help='"tiny" (embedded model) or a local HF directory')
+    b.add_argument("--budgets", type=POSITIVE_INT.arg, nargs="+", default=[8, 16],
+                   help="expert slots per layer B (k̂ = B), k̃ <= B <= N")
+    b.add_argument("--methods", nargs="+", help="methods (default: lru lfu cache-prior demand reap frequency "
+                   "static-distill recency controller; --quick: lru demand=0.5 frequency)")
+    b.add_argument("--tasks", nargs="+", help="tasks (default: math mc mc-multilingual; --quick: mc)")
+    b.add_argument("--hardware", default="h100-gpt-oss-20b", help="cost-model profile name, or local")
+    b.add_argument("--dtype", help="expert storage format of the profile (e.g. bf16, mxfp4)")
+    b.add_argument("--checkpoint", action="append", default=[], metavar="ETA=DIR",
+                   help="controller run for η = ETA (its k̂ is the budget); repeatable")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--quick", action="store_true", help="CI size: a few questions and methods")
+    b.add_argument("--limit", type=POSITIVE_INT.arg, help="questions per task (default 200, --quick 8)")
+    b.add_argument("--max-new-tokens", type=POSITIVE_INT.arg, help="default 64, --quick 12")
+    b.add_argument("--batch-size", type=POSITIVE_INT.arg, default=32)
+    b.add_argument("--calibration-size", type=POSITIVE_INT.arg, help="default 128, --quick 8")
+    b.add_argument("--calibration-tokens", type=POSITIVE_INT.arg, help="default 256, --quick 64")
+    b.add_argument("--train-steps", type=POSITIVE_INT.arg,
+                   help="controller training steps (default: the tiny config's) and recency / "
+                        "static-distill steps (default 40)")
+    b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--threads", type=POSITIVE_INT.arg, help="torch CPU threads")
+    b.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    b.set_defaults(func=run_budget)
+
+
+def _budget_settings(args):
+    from temoe.eval.budget import EvalSettings
+
+    q = args.quick
+
+    def pick(value, full, quick):
+        return value if value is not None else (quick if q else full)
+
+    return EvalSettings(model=args.model, limit=pick(args.limit, 200, 8),
+                        max_new_tokens=pick(args.max_new_tokens, 64, 12), batch_size=args.batch_size,
+                        seed=args.seed, calibration_size=pick(args.calibration_size, 128, 8),
+                        calibration_tokens=pick(args.calibration_tokens, 256, 64),
+                        train_steps=pick(args.train_steps, 40, 2), device=args.device,
+                        cache_dir=str(Path(args.out) / "cache"))
+
+
+def _given_checkpoints(items: list[str]) -> dict:
+    """`ETA=DIR` items -> {(k̂, η): DIR}, k̂ from each checkpoint's metadata."""
+    from temoe.inference import read_meta, resolve_checkpoint
+
+    out = {}
+    for item in items:
+        eta, sep, path = item.partition("=")
+        try:
+            eta_value = float(eta)
+        except ValueError:
+            eta_value = None
+        if not sep or eta_value is None:
+            raise ValueError(f"--checkpoint {item!r}: expected ETA=DIR, e.g. 0.02=runs/tiny_k16_eta0.02")
+        k_hat = read_meta(resolve_checkpoint(path))["controller_config"]["k_hat"]
+        out[(int(k_hat), eta_value)] = path
+    return out
+
+
+def _train_controllers(needed: list[tuple[int, float]], args, out: Path) -> dict:
+    """Train the shipped tiny config at each (k̂, η) into OUT/train/k{K}-eta{E}, reusing finished runs."""
+    from tqdm import tqdm
+
+    from temoe.train.config import load_config
+    from temoe.train.trainer import train
+
+    runs = {}
+    for k_hat, eta in tqdm(needed, desc="train controllers", unit="run"):
+        run_dir = out / "train" / f"k{k_hat}-eta{eta:g}"
+        done = run_dir / "budget-done"
+        if not done.is_file():
+            overrides = {"controller.eta": eta, "controller.k_hat": k_hat, "out_dir": str(run_dir),
+                         "model": args.model, "seed": args.seed}
+            if args.train_steps is not None or args.quick:
+                overrides["steps"] = args.train_steps or 2
+            resume = (run_dir / "checkpoints" / "latest").is_file()
+            train(load_config("tiny", overrides), resume=resume, overwrite=not resume)
+            done.write_text("finished\n")
+        runs[(k_hat, eta)] = str(run_dir)
+    return runs
+
+
+def _profile(hardware: str, dtype: str | None, handle, tokenizer):
+    """A named cost-model profile, or `local` measured on this machine with the loaded model."""
+    from temoe.cost import load_profile
+
+    if hardware == "local":
+        from temoe.cost.local import measure_local_profile
+
+        return measure_local_profile(handle, tokenizer)
+    return load_profile(hardware, dtype=dtype)
+
+
+def run_budget(args) -> int:
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from temoe.eval import budget as bud
+    from temoe.eval.tasks import TASKS
+    from temoe.loading import load_model
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    methods = bud.parse_methods(args.methods or (bud.QUICK_METHODS if args.quick else bud.DEFAULT_METHODS))
+    tasks = args.tasks or (["mc"] if args.quick else ["math", "mc", "mc-multilingual"])
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; valid: {', '.join(TASKS)}")
+    model, tokenizer = load_model(args.model)
+    import temoe
+
+    handle = temoe.wrap(model)
+    bud.check_inputs(args.budgets, handle.top_k, handle.num_experts, args.hardware)
+    settings = _budget_settings(args)
+    settings.checkpoints = _given_checkpoints(args.checkpoint)
+    etas = sorted({k for m, k in methods if m == "controller"})
+    needed = [(b, e) for b in args.budgets for e in etas if (b, e) not in settings.checkpoints]
+    if needed:
+        settings.checkpoints.update(_train_controllers(needed, args, out))
+    cells = bud.plan_cells(args.budgets, methods, tasks)
+    bar = tqdm(total=len(cells), desc="budget cells", unit="cell")
+
+    def progress(cell, cached: bool) -> None:
+        bar.set_postfix_str(f"{cell.name} B{cell.budget}{' (cached)' if cached else ''}")
+        bar.update()
+
+    results = bud.run_cells(cells, out, settings, progress)
+    bar.close()
+    profile = _profile(args.hardware, args.dtype, handle, tokenizer)
+    rows = bud.build_rows(results, profile, handle.num_layers)
+    notes = [f"model {args.model}: {handle.num_layers} MoE layers, N = {handle.num_experts}, "
+             f"k̃ = {handle.top_k}; loads per token per layer carried over to the profile's "
+             f"{profile.num_layers} layers",
+             f"eval: limit {settings.limit}, max new tokens {settings.max_new_tokens}, batch "
+             f"{settings.batch_size}, calibration {settings.calibration_size} x "
+             f"{settings.calibration_tokens} tokens, seed {settings.seed}", bud.provenance_note(results)]
+    command = "temoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "temoe bench budget"
+    paths = bud.write_outputs(out, rows, profile, command, notes, handle.num_layers)
+    print("\n".join(f"wrote {p}" for p in paths))
     return 0
