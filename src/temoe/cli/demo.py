@@ -100,7 +100,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out: str, **kw) -> DemoConfig:
-        """CI preset (about 2 minutes on 2 CPU cores for the embedded model)."""
+        """CI preset: a small run of every stage, in a couple of minutes on 2 CPU cores."""
         base = dict(out=out, etas=(0.02,), load_budget=None, limit=24, max_new_tokens=64, train_steps=4,
                     survey_per_category=3, survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
                     train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0,
