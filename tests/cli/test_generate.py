@@ -94,5 +94,5 @@ def test_generate_with_offload_generates_the_same_tokens_from_k_hat_resident_exp
     assert offloaded["text"] == plain["text"] and stats["serve/new_tokens"] == 6
     # The option policy keeps k̂ = 4 of the 8 experts per layer resident (TINY_TRAIN's k_hat).
     assert stats["serve/mode"] == "option" and stats["serve/controller"] is True
-    assert stats["serve/expert_slots_per_layer"] == TINY_TRAIN["k_hat"] == 4
+    assert stats["serve/expert_slots_per_layer"] == TINY_TRAIN["controller.k_hat"] == 4
     assert stats["serve/resident_expert_fraction"] == pytest.approx(0.5)
