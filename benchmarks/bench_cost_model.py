@@ -2,20 +2,19 @@
 
     PYTHONPATH=src python benchmarks/bench_cost_model.py --threads 1 --repeats 9
 
-Each repeat does the same work: it measures the `local` hardware profile (copy probe + the model's
-full-residency decode time; the first repeat also warms the model up), times the plain model's decode under
-each option rung's routing masks (no engine), then runs the serving ladder of `temoe bench serve --model
-tiny-random:gpt_oss --device cpu` in-process (`temoe.serve.bench.run_ladder`, the function that command
-calls): full residency, an LRU cache, synthetic option policies and the router used as an option policy.
+Each repeat does the same work: it measures the `local` hardware profile (copy probe, the model's
+full-residency decode time and the engine's per-layer overhead on the full, cache and option paths with
+every expert resident; the first repeat also warms the model up), then runs the serving ladder of `temoe
+bench serve --model tiny-random:gpt_oss --device cpu` in-process (`temoe.serve.bench.run_ladder`, the
+function that command calls): full residency, an LRU cache, synthetic option policies and the router used
+as an option policy.
 Each rung's time is compared with the prediction from the same repeat's profile (measured seconds apart, so
 both see the same contention on a shared machine); the table gives medians over repeats.
 
 For every rung the cost model predicts decode ms/token from the local profile and the rung's measured
-critical and background loads per token (error = predicted / measured − 1; target |error| ≤ 25 %), twice:
-- "predicted": compute = the plain model's decode;
-- "+method": plus the method's own compute (`compute_overhead_ms`): for the option rungs, the plain model's
-  decode under the synthetic option policy's masks minus its plain decode.
-It also compares the model's stall and copy times with the engine's measured ones.
+critical and background loads per token and its serving path (full, cache, option): "predicted" includes the
+path's measured overhead (error = predicted / measured − 1; target |error| ≤ 25 %); "ideal" leaves it out
+(the plain model's decode plus copies). It also compares the model's stall and copy times with the engine's.
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ import temoe
 from temoe.cost import predict
 from temoe.loading import load_model
 from temoe.serve.bench import run_ladder
-from temoe.serve.local_profile import decode_ms_per_token, measure_local_profile
-from temoe.serve.synthetic import SyntheticOptions
+from temoe.serve.local_profile import measure_local_profile
 
 MODEL = "tiny-random:gpt_oss"
 PROMPT = "Explain why the sky is blue in two sentences."
 TARGET = 0.25
+PATH_OF_MODE = {"full": "full", "lru": "cache", "option": "option"}
 
 
 def _cpu_name() -> str:
@@ -51,43 +50,24 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _masked_decode(handle, ids, k_hats, args) -> dict[str, float]:
-    """Rung label -> the plain model's decode ms/token under that option rung's routing masks (no engine)."""
-    policies = [
-        SyntheticOptions(handle, k, rule="random", switch_rate=args.switch_rate, seed=args.seed)
-        for k in k_hats
-    ]
-    policies.append(SyntheticOptions(handle, max(k_hats), rule="router", seed=args.seed))
-    return {
-        syn.label: decode_ms_per_token(
-            handle.model,
-            ids,
-            args.max_new_tokens,
-            repeats=1,
-            context=lambda syn=syn: handle.restrict(syn.mask_fn()),
-        )
-        for syn in policies
-    }
-
-
-def _compare(row: dict, profile, method_ms: float) -> dict:
+def _compare(row: dict, profile) -> dict:
     """Measured vs predicted for one ladder row (times in ms per decoded token)."""
     tokens = row["serve/decode_tokens"]
-    loads = dict(
+    pred = predict(
+        profile,
         critical_per_token=row["serve/loads_critical"] / tokens,
         background_per_token=row["serve/loads_background"] / tokens,
+        path=PATH_OF_MODE[row["mode"]],
     )
-    pred = predict(profile, **loads)
-    with_method = predict(profile, **loads, compute_overhead_ms=method_ms)
-    measured = row["measured_ms"]
+    measured = 1e3 / row["serve/decode_tokens_per_s"]
     return {
         "rung": row["rung"],
         "measured_ms": measured,
         "predicted_ms": pred.ms_per_token,
         "error": pred.ms_per_token / measured - 1,
-        "method_ms": method_ms,
-        "predicted_method_ms": with_method.ms_per_token,
-        "error_method": with_method.ms_per_token / measured - 1,
+        "method_ms": pred.method_ms,
+        "ideal_ms": pred.ideal_ms_per_token,
+        "error_ideal": pred.ideal_ms_per_token / measured - 1,
         "critical_per_token": pred.critical_per_token,
         "background_per_token": pred.background_per_token,
         "measured_stall_ms": row["serve/stall_ms_per_token"],
@@ -97,7 +77,7 @@ def _compare(row: dict, profile, method_ms: float) -> dict:
     }
 
 
-def _paired(ladders, profiles, masked) -> list[dict]:
+def _paired(ladders, profiles) -> list[dict]:
     """Per rung: each repeat's ladder row against the prediction from that repeat's profile (both measured
     within seconds of each other), then the median over repeats of every figure and of the per-repeat error,
     and the error's range. Every repeat does the same work, so the loads must agree."""
@@ -105,12 +85,7 @@ def _paired(ladders, profiles, masked) -> list[dict]:
     for rung in zip(*ladders):
         loads = {(r["serve/loads_critical"], r["serve/loads_background"]) for r in rung}
         assert len(loads) == 1, f"repeats of {rung[0]['rung']!r} moved different loads: {loads}"
-        pairs = []
-        for row, profile, mask_ms in zip(rung, profiles, masked):
-            method = max(0.0, mask_ms[row["rung"]] - profile.compute_ms) if row["rung"] in mask_ms else 0.0
-            pairs.append(
-                _compare({**row, "measured_ms": 1e3 / row["serve/decode_tokens_per_s"]}, profile, method)
-            )
+        pairs = [_compare(row, profile) for row, profile in zip(rung, profiles)]
         med = {k: statistics.median(p[k] for p in pairs) for k in pairs[0] if k != "rung"}
         med["error_range"] = (min(p["error"] for p in pairs), max(p["error"] for p in pairs))
         rows.append({"rung": rung[0]["rung"], **med})
@@ -122,16 +97,14 @@ def run(args) -> dict:
     device = torch.device("cpu")
     model, tok = load_model(MODEL)
     handle = temoe.wrap(model)
-    ids = tok(PROMPT, return_tensors="pt").input_ids
     N, k = handle.num_experts, handle.top_k
     k_hats = sorted({max(k, N // 4), max(k, N // 2)})  # the ladder's default k̂ values
-    profiles, masked, ladders = [], [], []
+    profiles, ladders = [], []
     load_before = os.getloadavg()
     for r in range(args.repeats):
         profiles.append(
             measure_local_profile(handle, tok, prompt=PROMPT, new_tokens=args.max_new_tokens, repeats=1)
         )
-        masked.append(_masked_decode(handle, ids, k_hats, args))
         ladder = run_ladder(
             handle,
             tok,
@@ -145,7 +118,7 @@ def run(args) -> dict:
         print(
             f"repeat {r + 1}/{args.repeats}: local decode {profiles[-1].compute_ms:.3f} ms/token", flush=True
         )
-    rows = _paired(ladders, profiles, masked)
+    rows = _paired(ladders, profiles)
     return {
         "command": (
             f"temoe bench serve --model {MODEL} --device cpu --max-new-tokens {args.max_new_tokens} "
@@ -165,6 +138,10 @@ def run(args) -> dict:
             "copy_overhead_ms": statistics.median(p.copy_overhead_ms for p in profiles),
             "expert_bytes": profiles[0].expert_bytes,
             "background_overlap": profiles[0].background_overlap,
+            "method_overhead_ms": {
+                path: statistics.median(p.method_overhead_ms[path] for p in profiles)
+                for path in profiles[0].method_overhead_ms
+            },
         },
         "rows": rows,
     }
@@ -173,16 +150,16 @@ def run(args) -> dict:
 def format_table(result: dict) -> str:
     head = (
         f"{'rung':42s} {'measured ms/tok':>15s} {'predicted':>9s} {'error':>7s} {'range':>15s} "
-        f"{'+method':>8s} {'error':>7s} {'crit/tok':>8s} {'bg/tok':>6s} "
+        f"{'method ms':>9s} {'ideal':>8s} {'error':>7s} {'crit/tok':>8s} {'bg/tok':>6s} "
         f"{'stall meas/pred ms':>19s} {'copy meas/pred ms':>18s}"
     )
     lines = [head]
     for r in result["rows"]:
-        miss, miss_method = ("!" if abs(r[k]) > TARGET else " " for k in ("error", "error_method"))
+        miss, miss_ideal = ("!" if abs(r[k]) > TARGET else " " for k in ("error", "error_ideal"))
         lines.append(
             f"{r['rung']:42s} {r['measured_ms']:15.3f} {r['predicted_ms']:9.3f} {r['error']:+6.1%}{miss} "
             f"{r['error_range'][0]:+6.1%}..{r['error_range'][1]:+6.1%} "
-            f"{r['predicted_method_ms']:8.3f} {r['error_method']:+6.1%}{miss_method} "
+            f"{r['method_ms']:9.3f} {r['ideal_ms']:8.3f} {r['error_ideal']:+6.1%}{miss_ideal} "
             f"{r['critical_per_token']:8.2f} {r['background_per_token']:6.2f} "
             f"{r['measured_stall_ms']:9.4f}/{r['predicted_stall_ms']:.4f} "
             f"{r['measured_copy_ms']:9.4f}/{r['predicted_copy_ms']:.4f}"
@@ -196,7 +173,8 @@ def format_table(result: dict) -> str:
         f"local profile (median): compute {lp['compute_ms']:.3f} ms/token (repeats: "
         f"{', '.join(f'{x:.2f}' for x in lp['compute_ms_repeats'])}); "
         f"one expert load ({lp['expert_bytes']} B) {lp['load_ms'] * 1e3:.1f} us; "
-        f"background overlap {lp['background_overlap']:g}",
+        f"background overlap {lp['background_overlap']:g}; path overhead ms per layer per token: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in lp["method_overhead_ms"].items()),
     ]
     return "\n".join(lines)
 

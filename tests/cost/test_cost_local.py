@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
+import yaml
 
 import temoe
-from temoe.cost import predict
-from temoe.cost.profiles import FIGURES
+from temoe.cost import load_profile, predict
+from temoe.cost.profiles import FIGURES, PATHS
 from temoe.loading import load_model
 from temoe.serve.local_profile import measure_local_profile
 from temoe.serve.store import ExpertLayout
 
 
-def test_local_profile_on_cpu():
+@pytest.fixture(scope="module")
+def measured():
     model, tok = load_model("tiny-random:gpt_oss")
     handle = temoe.wrap(model)
-    p = measure_local_profile(handle, tok, new_tokens=4, repeats=1, copies=4)
+    return model, tok, handle, measure_local_profile(handle, tok, new_tokens=4, repeats=1, copies=4)
+
+
+def test_local_profile_on_cpu(measured):
+    model, tok, handle, p = measured
     assert p.name == "local" and p.num_layers == handle.num_layers
     # the bytes the engine copies per expert: the packed row, fp32 here
     assert p.expert_bytes == ExpertLayout.of(handle.experts[0], handle.num_experts).row_bytes
@@ -31,9 +39,24 @@ def test_local_profile_on_cpu():
     # with no overlap every background load is exposed: 1 background load costs one load time
     pred = predict(p, critical_per_token=0, background_per_token=1)
     assert pred.ms_per_token == p.compute_ms + p.load_ms
+    # the engine's overhead on every serving path, measured, never negative, and priced per layer
+    assert sorted(p.method_overhead_ms) == sorted(PATHS)
+    assert all(math.isfinite(v) and v >= 0 for v in p.method_overhead_ms.values())
+    assert p.sources["method_overhead_ms"].strip()
+    opt = predict(p, critical_per_token=0, background_per_token=0, path="option")
+    assert opt.ms_per_token == pytest.approx(p.compute_ms + p.method_overhead_ms["option"] * p.num_layers)
     # the model decodes as before (measuring leaves it untouched)
     with torch.inference_mode():
         assert model(input_ids=tok("hi", return_tensors="pt").input_ids).logits.isfinite().all()
+
+
+def test_local_profile_round_trips_through_yaml_and_json(measured, tmp_path):
+    p = measured[3]
+    entry = json.loads(json.dumps(p.to_entry()))
+    assert entry == p.to_entry()
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump({"profiles": {"saved": entry}}))
+    assert load_profile("saved", path=path) == dataclasses.replace(p, name="saved")
 
 
 def test_copy_fit_reproduces_the_measured_copy_time():

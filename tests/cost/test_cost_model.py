@@ -134,3 +134,64 @@ def test_import_is_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+OVERHEAD = {"full": 0.0, "cache": 0.05, "option": 0.1}
+
+
+def with_paths(**kw) -> HardwareProfile:
+    """The test profile with path overheads: option 0.1 ms and cache 0.05 ms per layer per token."""
+    return profile(
+        method_overhead_ms=OVERHEAD, sources={**SOURCES, "method_overhead_ms": "test figure"}, **kw
+    )
+
+
+def test_path_overhead_is_per_layer_and_left_out_of_the_ideal():
+    # option path: 0.1 ms x 24 layers = 2.4 ms; compute 10 + 2.4 = 12.4 ms hides all 12 ms of background
+    # (60 loads x 0.2 ms); 3 critical loads add 0.6 ms -> 13.0 ms. Ideal: 10 + 0.6 + (12 - 10) = 12.6 ms.
+    p = predict(with_paths(), critical_per_token=3, background_per_token=60, path="option")
+    assert p.method_ms == pytest.approx(2.4)
+    assert p.compute_ms == pytest.approx(12.4)
+    assert p.exposed_background_ms == 0.0
+    assert p.ms_per_token == pytest.approx(13.0)
+    assert p.vs_full == pytest.approx(10 / 13.0)
+    assert p.ideal_ms_per_token == pytest.approx(12.6)
+    assert p.ideal_tok_s == pytest.approx(1000 / 12.6)
+    # cache path: 0.05 x 24 = 1.2 ms on top of 10 ms + 1 critical load 0.2 ms -> 11.4 ms
+    c = predict(with_paths(), 1.0, 1.0, path="cache")
+    assert c.ms_per_token == pytest.approx(11.4) and c.ideal_ms_per_token == pytest.approx(10.2)
+    # full path costs nothing here; an extra compute_overhead_ms adds to the path's: 2.4 + 0.6 = 3.0 ms
+    assert predict(with_paths(), 0.0, 1.0).ms_per_token == pytest.approx(10.0)
+    assert predict(with_paths(), 0.0, 1.0, path="option", compute_overhead_ms=0.6).method_ms == pytest.approx(
+        3.0
+    )
+    # a profile without overheads prices no path
+    assert predict(profile(), 0.0, 1.0, path="option").ms_per_token == pytest.approx(10.0)
+
+
+def test_path_overhead_scales_with_layer_count():
+    base = with_paths()
+    half = base.scaled(num_layers=12)  # 0.1 ms x 12 = 1.2 ms; compute 10 x 12/24 = 5 ms
+    assert half.path_overhead_ms("option") == pytest.approx(base.path_overhead_ms("option") / 2) == 1.2
+    assert predict(half, 0.0, 1.0, path="option").ms_per_token == pytest.approx(5.0 + 1.2)
+    assert "per layer, x 12 layers" in half.sources["method_overhead_ms"]
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        ({"option": 0.1}, "must map every path in full, cache, option"),
+        ({**OVERHEAD, "option": -0.1}, r"method_overhead_ms\['option'\] must be a finite number >= 0"),
+        ({**OVERHEAD, "cache": float("nan")}, r"method_overhead_ms\['cache'\] must be a finite"),
+    ],
+)
+def test_bad_path_overheads_fail_with_the_name(table, match):
+    with pytest.raises(ValueError, match=match):
+        profile(method_overhead_ms=table, sources={**SOURCES, "method_overhead_ms": "x"})
+
+
+def test_path_overhead_needs_a_source_and_a_known_path():
+    with pytest.raises(ValueError, match="no source for method_overhead_ms"):
+        profile(method_overhead_ms=OVERHEAD)
+    with pytest.raises(ValueError, match="unknown serving path 'fused'; valid: full, cache, option"):
+        predict(with_paths(), 0.0, 1.0, path="fused")

@@ -101,3 +101,22 @@ def test_scaling_to_another_model():
     assert p.ms_per_token == pytest.approx(base.compute_ms / 2 + 4 * small.load_ms)
     with pytest.raises(ValueError, match="num_layers must be a positive integer"):
         base.scaled(num_layers=0)
+
+
+def test_h100_path_overheads():
+    p = load_profile("h100-gpt-oss-20b")
+    assert p.method_overhead_ms == {"full": 0.0, "cache": 0.0, "option": 0.744}
+    assert "H200" in p.sources["method_overhead_ms"]
+    # option path: 0.744 ms x 24 layers = 17.856 ms on top of 42.02 ms; no loads -> 42.02 / 59.87 of full
+    opt = predict(p, critical_per_token=0, background_per_token=0, path="option")
+    assert opt.method_ms == pytest.approx(17.856)
+    assert opt.vs_full == pytest.approx(p.compute_ms / (p.compute_ms + 17.856))
+    assert opt.ideal_ms_per_token == pytest.approx(p.compute_ms)
+    # gpt-oss-120b depth: 36 x 0.744 = 26.784 ms
+    assert p.scaled(num_layers=36).path_overhead_ms("option") == pytest.approx(26.784)
+
+
+def test_path_overheads_in_the_file_are_checked(tmp_path):
+    path = _write(tmp_path, method_overhead_ms={"full": 0.0, "cache": 0.0, "option": -1.0})
+    with pytest.raises(ValueError, match=r"method_overhead_ms\['option'\] must be a finite number >= 0"):
+        load_profile("h100-gpt-oss-20b", path=path)

@@ -1,10 +1,12 @@
-"""Decode time per token from expert loads: t = t_compute + t_stall + t_exposed_background.
+"""Decode time per token from expert loads: t = t_compute + t_method + t_stall + t_exposed_background.
 
 Per generated token (loads summed over the L MoE layers), on a profile with load time
 t_load = copy_overhead + expert_bytes / bandwidth, full-residency compute time t_compute and overlap o:
+    t_method             = L · overhead[path] (+ extra)      the serving path's own work (mask, bookkeeping)
     t_stall              = c · t_load                        c critical loads: the computation waits for them
-    t_exposed_background = max(0, b · t_load − o · t_compute)  b background loads: they run during compute
+    t_exposed_background = max(0, b · t_load − o · (t_compute + t_method))  b background loads
     t                    = t_compute + t_method + t_stall + t_exposed_background
+The ideal time is the same with t_method = 0: a serving path as cheap as the plain model (a fused kernel).
 An LRU cache's misses are all critical (c = loads, b = 0); an option switch is critical only for the experts
 the current token routes to (`temoe.cost.loads.split_loads`). Assumptions: docs/cost-model.md.
 """
@@ -26,7 +28,9 @@ class Prediction:
     vs_full: float
     """Full-residency time / this time (1.0 = as fast as keeping every expert on the device)."""
     compute_ms: float
-    """t_compute + the method's own compute (compute_overhead_ms)."""
+    """t_compute + t_method."""
+    method_ms: float
+    """t_method: the serving path's own work (profile overhead x layers) + compute_overhead_ms."""
     stall_ms: float
     """Critical copy time: the computation waits."""
     background_copy_ms: float
@@ -38,6 +42,12 @@ class Prediction:
     bytes_per_token: float
     """Host -> device bytes per token, critical and background."""
     critical_bytes_per_token: float
+    ideal_ms_per_token: float
+    """The same loads with t_method = 0 (a serving path that costs nothing beyond the plain model)."""
+
+    @property
+    def ideal_tok_s(self) -> float:
+        return 1e3 / self.ideal_ms_per_token
 
 
 def _check(name: str, value: float) -> float:
@@ -77,26 +87,32 @@ def predict(
     *,
     critical_per_token: float | None = None,
     background_per_token: float | None = None,
+    path: str = "full",
     compute_overhead_ms: float = 0.0,
 ) -> Prediction:
     """Predicted decode time per token of a method that loads experts at the given rate on `profile`.
 
     Loads (per generated token, summed over layers) come either as `loads_per_token` with the
     `critical_fraction` of them that the computation waits for, or as `critical_per_token` and
-    `background_per_token`. compute_overhead_ms: per-token compute the method adds to the model's own
-    decode (a controller's networks, mask building); 0 = none.
+    `background_per_token`. path: the serving path the method runs on (`temoe.cost.profiles.PATHS`: full,
+    cache, option), priced by the profile's `method_overhead_ms`. compute_overhead_ms: per-token compute the
+    method adds on top (a controller's own networks); 0 = none.
     """
     c, b = _split(loads_per_token, critical_fraction, critical_per_token, background_per_token)
-    compute = profile.compute_ms + _check("compute_overhead_ms", compute_overhead_ms)
+    method = profile.path_overhead_ms(path) + _check("compute_overhead_ms", compute_overhead_ms)
+    compute = profile.compute_ms + method
     stall = c * profile.load_ms
     background = b * profile.load_ms
     exposed = max(0.0, background - profile.background_overlap * compute)
     total = compute + stall + exposed
+    ideal = (profile.compute_ms + stall
+             + max(0.0, background - profile.background_overlap * profile.compute_ms))
     return Prediction(
         ms_per_token=total,
         tok_s=1e3 / total,
         vs_full=profile.compute_ms / total,
         compute_ms=compute,
+        method_ms=method,
         stall_ms=stall,
         background_copy_ms=background,
         exposed_background_ms=exposed,
@@ -104,4 +120,5 @@ def predict(
         background_per_token=b,
         bytes_per_token=(c + b) * profile.expert_bytes,
         critical_bytes_per_token=c * profile.expert_bytes,
+        ideal_ms_per_token=ideal,
     )

@@ -20,7 +20,11 @@ FIGURES = (
     "decode_tok_s",
     "background_overlap",
 )
-_FIELDS = {"description", "model", "dtype", "sources", "measured", *FIGURES}
+#: Serving paths whose own per-layer work a profile prices (`method_overhead_ms`): the engine attached with
+#: every expert resident (full), an expert cache over the base router (cache), masked routing with options
+#: or a static mask (option).
+PATHS = ("full", "cache", "option")
+_FIELDS = {"description", "model", "dtype", "sources", "measured", "method_overhead_ms", *FIGURES}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class HardwareProfile:
     """Full-residency decode speed at batch 1 (every expert on the device): the compute time per token."""
     background_overlap: float
     """Fraction of compute time during which background copies run concurrently (1: side stream, 0: none)."""
+    method_overhead_ms: dict[str, float] = field(default_factory=dict)
+    """Serving path (`PATHS`) -> its own host and device work beyond the plain model's decode, ms per MoE
+    layer per token (mask function, masked routing, residency bookkeeping); empty = not priced (all 0)."""
     dtype: str = ""
     """Storage format of `expert_bytes` (bf16, mxfp4, fp32, ...)."""
     description: str = ""
@@ -55,10 +62,30 @@ class HardwareProfile:
         """Full-residency decode time per token (ms)."""
         return 1e3 / self.decode_tok_s
 
+    def path_overhead_ms(self, path: str) -> float:
+        """The serving path's own work per token (ms): its per-layer overhead x num_layers."""
+        if path not in PATHS:
+            raise ValueError(f"unknown serving path {path!r}; valid: {', '.join(PATHS)}")
+        return self.method_overhead_ms.get(path, 0.0) * self.num_layers
+
     @property
     def load_ms(self) -> float:
         """Time of one expert load: copy_overhead_ms + expert_bytes / bandwidth (ms)."""
         return self.copy_overhead_ms + self.expert_bytes / (self.h2d_bandwidth_gbps * 1e9) * 1e3
+
+    def to_entry(self) -> dict:
+        """This profile as a hardware.yaml entry (plain types; YAML or JSON): `load_profile` reads it back."""
+        entry = {f: getattr(self, f) for f in FIGURES if f != "expert_bytes"}
+        entry.update(
+            description=self.description,
+            model=self.model,
+            dtype=self.dtype,
+            expert_bytes={self.dtype or "default": self.expert_bytes},
+            sources=dict(self.sources),
+        )
+        if self.method_overhead_ms:
+            entry["method_overhead_ms"] = dict(self.method_overhead_ms)
+        return entry
 
     def scaled(
         self, *, expert_bytes: int | None = None, num_layers: int | None = None, name: str | None = None
@@ -66,7 +93,8 @@ class HardwareProfile:
         """The same device serving another model: its expert size and MoE layer count.
 
         Bandwidth, copy overhead and overlap stay; the compute time per token scales with the layer count
-        (decode time taken as proportional to depth; docs/cost-model.md lists what this ignores).
+        (decode time taken as proportional to depth; docs/cost-model.md lists what this ignores), and so does
+        the paths' overhead, which is per layer.
         """
         layers = self.num_layers if num_layers is None else num_layers
         nbytes = self.expert_bytes if expert_bytes is None else expert_bytes
@@ -83,6 +111,10 @@ class HardwareProfile:
                 f"{note}: its decode time x {layers}/{self.num_layers} layers. "
                 + self.sources["decode_tok_s"]
             )
+            if self.method_overhead_ms:
+                sources["method_overhead_ms"] = (
+                    f"{note}: per layer, x {layers} layers. " + self.sources["method_overhead_ms"]
+                )
         return replace(
             self,
             name=name or f"{self.name}@L{layers}-{nbytes}B",
@@ -115,6 +147,28 @@ def _validate(p: HardwareProfile) -> None:
     missing = [f for f in FIGURES if not str(p.sources.get(f, "")).strip()]
     if missing:
         raise ValueError(f"profile {p.name!r}: no source for {', '.join(missing)}; every figure needs one")
+    _validate_overhead(p)
+
+
+def _validate_overhead(p: HardwareProfile) -> None:
+    """method_overhead_ms: empty, or every path in `PATHS` with a finite value >= 0 and a source."""
+    table = p.method_overhead_ms
+    if not table:
+        return
+    if not isinstance(table, dict) or sorted(table) != sorted(PATHS):
+        raise ValueError(
+            f"profile {p.name!r}: method_overhead_ms must map every path in {', '.join(PATHS)} to ms per "
+            f"layer per token, got {table!r}"
+        )
+    for path, value in table.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0:
+            raise ValueError(
+                f"profile {p.name!r}: method_overhead_ms[{path!r}] must be a finite number >= 0, "
+                f"got {value!r}"
+            )
+    if not str(p.sources.get("method_overhead_ms", "")).strip():
+        raise ValueError(f"profile {p.name!r}: no source for method_overhead_ms; every figure needs one")
 
 
 def default_path() -> Path:
@@ -165,6 +219,7 @@ def load_profile(name: str, *, dtype: str | None = None, path: str | Path | None
             f"profile {name!r} has no expert size for dtype {dtype!r}; valid: {', '.join(sizes)}"
         )
     figures = {f: entry[f] for f in FIGURES if f != "expert_bytes"}
+    figures["method_overhead_ms"] = entry.get("method_overhead_ms") or {}
     if not isinstance(entry.get("sources") or {}, dict):
         raise ValueError(f"profile {name!r}: sources must map a figure name to its source")
     sources = {str(k): str(v) for k, v in (entry.get("sources") or {}).items()}

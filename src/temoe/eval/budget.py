@@ -199,14 +199,18 @@ def option_critical_per_token(records: list[dict], budget: int) -> float | None:
 def predict_row(summary: dict, cell: Cell, profile: HardwareProfile, layer_scale: float) -> dict:
     """One budget.json row: the summary's accuracy columns and the cost model's prediction.
 
-    layer_scale: profile layers / the evaluated model's MoE layers (loads per token per layer carry over)."""
+    layer_scale: profile layers / the evaluated model's MoE layers (loads per token per layer carry over).
+    predicted_tok_s: the temoe engine (the profile's overhead of the method's serving path included);
+    ideal_tok_s: the same loads with no path overhead."""
     c, b, how = critical_split(summary)
-    p = predict(profile, critical_per_token=c * layer_scale, background_per_token=b * layer_scale)
+    path = "cache" if summary.get("residency") in _CACHE_RESIDENCIES else "option"  # static: masked routing
+    p = predict(profile, critical_per_token=c * layer_scale, background_per_token=b * layer_scale, path=path)
     return {"method": cell.method, "knob": cell.knob, "budget": cell.budget, "task": cell.task,
             "accuracy": summary["accuracy"], "accuracy_ci": summary.get("accuracy_ci"),
             "switch_rate": summary.get("switch_rate"), "loads_per_token": summary.get("loads_per_token"),
             "critical_per_token": c, "background_per_token": b, "critical_source": how,
-            "predicted_tok_s": p.tok_s, "predicted_vs_full": p.vs_full, "n": summary.get("n")}
+            "predicted_tok_s": p.tok_s, "predicted_vs_full": p.vs_full, "ideal_tok_s": p.ideal_tok_s,
+            "n": summary.get("n")}
 
 
 def full_row(base: dict, budget: int, task: str, profile: HardwareProfile) -> dict:

@@ -1,5 +1,6 @@
 """The `local` hardware profile, measured on the running machine: the engine's host -> device bandwidth probe,
-the time of one expert-sized copy, and the model's own full-residency decode time (needs torch).
+the time of one expert-sized copy, the model's own full-residency decode time and the serving engine's
+per-layer overhead on each path (needs torch).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from temoe.cost.profiles import HardwareProfile
+from temoe.cost.profiles import PATHS, HardwareProfile
+from temoe.serve.engine import OffloadEngine, make_policy, restore_experts
+from temoe.serve.generate import decode_steps
 from temoe.serve.store import ExpertLayout, measure_h2d_bandwidth
+from temoe.serve.synthetic import SyntheticOptions
 
 _PROMPT = "Explain why the sky is blue in two sentences."
 
@@ -103,13 +107,61 @@ def decode_ms_per_token(
     return _median(means)
 
 
+def _engine_decode_ms(engine, input_ids: torch.Tensor, new_tokens: int, masks) -> float:
+    """Mean ms of one decode step through `engine` (prefill excluded), minus its exposed copy time."""
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda *_: None)
+    times = []
+    for _ in decode_steps(engine, input_ids, new_tokens, masks=masks):
+        sync(engine.device)
+        times.append(time.perf_counter())
+    engine.release(0)
+    copies = engine.summary()[
+        "serve/stall_ms_per_token" if engine.device.type == "cuda" else "serve/copy_ms_per_token"
+    ]
+    return (times[-1] - times[0]) / (len(times) - 1) * 1e3 - copies
+
+
+def path_decode_ms(handle, input_ids: torch.Tensor, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Serving path (`PATHS`) -> median over `repeats` of the engine's decode ms/token on it with every expert
+    resident and no switches, its copy time taken out, after one warm-up run per path.
+
+    input_ids (1, S). full: the engine's full residency; cache: an LRU cache of N slots; option: N slots with
+    an option of all N experts that never switches (the option path's masking and bookkeeping, no loads)."""
+    L, N = handle.num_layers, handle.num_experts
+    device = next(handle.model.parameters()).device
+    options = SyntheticOptions(handle, N, rule="random", switch_rate=0.0)
+    setups = {
+        "full": ("full", lambda: None),
+        "cache": ("lru", lambda: None),
+        "option": ("option", options.mask_fn),
+    }
+    out, store = {}, None
+    try:
+        for path in PATHS:
+            mode, masks = setups[path]
+            engine = OffloadEngine(
+                handle, make_policy(mode, L, N, expert_budget=N), device=device, store=store
+            )
+            try:
+                runs = [_engine_decode_ms(engine, input_ids, new_tokens, masks()) for _ in range(repeats + 1)]
+            finally:
+                engine.detach(restore_weights=False)
+                store = engine.store
+            out[path] = _median(runs[1:])  # run 0 warms up
+    finally:
+        if store is not None:
+            restore_experts(handle, store, device)
+    return out
+
+
 def measure_local_profile(
     handle, tokenizer, *, prompt: str = _PROMPT, new_tokens: int = 32, repeats: int = 3, copies: int = 32
 ) -> HardwareProfile:
     """The `local` profile for `handle.model` (a `temoe.wrap` handle) on the device its weights are on.
 
-    Call it before an offloading engine is attached (it decodes with every expert resident). expert_bytes is
-    the engine's packed row (`ExpertLayout.row_bytes`), so predictions count the bytes the engine copies.
+    Call it before an offloading engine is attached (it decodes with every expert resident, then attaches and
+    detaches an engine per serving path). expert_bytes is the engine's packed row (`ExpertLayout.row_bytes`),
+    so predictions count the bytes the engine copies.
     """
     model = handle.model
     device = next(model.parameters()).device
@@ -129,6 +181,8 @@ def measure_local_profile(
     bandwidth, overhead, fit = _fit_copy(nbytes, bandwidth, per_copy)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     ms = decode_ms_per_token(model, ids, new_tokens, repeats)
+    paths = path_decode_ms(handle, ids, new_tokens, repeats)
+    overhead_ms = {p: max(0.0, t - ms) / handle.num_layers for p, t in paths.items()}
     stamp = f"measured on {where}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
     return HardwareProfile(
         name="local",
@@ -138,6 +192,7 @@ def measure_local_profile(
         copy_overhead_ms=overhead,
         decode_tok_s=1e3 / ms,
         background_overlap=overlap,
+        method_overhead_ms=overhead_ms,
         dtype=str(layout.dtype).removeprefix("torch."),
         description=f"this machine ({where}) serving {handle.model_type}",
         model=handle.model_type,
@@ -150,5 +205,9 @@ def measure_local_profile(
             "decode_tok_s": f"{stamp}: greedy cached decode of {new_tokens} tokens, all experts resident, "
             f"median of {repeats} runs after a warm-up",
             "background_overlap": overlap_src,
+            "method_overhead_ms": f"{stamp}: per path, (the engine's decode ms/token with every expert "
+            f"resident and no switches, its copy time taken out, median of {repeats} runs after a warm-up "
+            f"- the plain decode) / {handle.num_layers} layers, floored at 0 "
+            "(temoe.serve.local_profile.path_decode_ms)",
         },
     )
