@@ -103,7 +103,9 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     for r in range(args.repeats):
         profiles.append(
-            measure_local_profile(handle, tok, prompt=PROMPT, new_tokens=args.max_new_tokens, repeats=1)
+            measure_local_profile(
+                handle, tok, prompt=PROMPT, new_tokens=args.max_new_tokens, repeats=args.profile_repeats
+            )
         )
         ladder = run_ladder(
             handle,
@@ -123,7 +125,8 @@ def run(args) -> dict:
         "command": (
             f"temoe bench serve --model {MODEL} --device cpu --max-new-tokens {args.max_new_tokens} "
             f"--k-hat {' '.join(map(str, k_hats))} --switch-rate-target {args.switch_rate:g} "
-            f"--seed {args.seed} (in-process run_ladder; {args.repeats} repeats, medians)"
+            f"--seed {args.seed} (in-process run_ladder; {args.repeats} repeats, medians; local profile "
+            f"timings median of {args.profile_repeats})"
         ),
         "hardware": (
             f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
@@ -185,6 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--profile-repeats", type=int, default=3, help="runs per timing inside each repeat's local profile"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--switch-rate", type=float, default=0.05, help="the synthetic option policy's rate")
     parser.add_argument("--seed", type=int, default=0)
