@@ -10,8 +10,9 @@ path adds over full residency.
 "Ops" are the dispatched aten ops that are not nested in another aten op (on CPU: what a launch would be on
 a GPU at batch 1) and, on CUDA, also the device kernels and copies. "MoE ops" are those issued inside an MoE
 block (router, mask function, masked routing, the engine's planning and the expert computation). CPU ms per
-token is the median decode step time without the profiler (`--repeats` runs); device ms per token is the sum of
-device activity in the profiled run. Writes OUT/profile.json and OUT/trace_<rung>.json (chrome traces); with
+token is the median decode step time without the profiler (`--repeats` runs); device ms per token is the sum
+of device activity in the profiled run. Writes OUT/profile.json and OUT/trace_<rung>.json (chrome traces);
+with
 `--ladder` also runs the serving ladder (`temoe bench serve`) and writes OUT/ladder.json.
 """
 
@@ -196,8 +197,8 @@ def profile_rung(handle, rung: str, args, store, device, out: Path) -> tuple[dic
 
 
 def _table(rows: dict, n_layers: int) -> str:
-    lines = [f"| rung | ops / layer / token | MoE aten ops / layer / token | CPU ms / token (median) | "
-             f"device ms / token | tok/s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| rung | ops / layer / token | MoE aten ops / layer / token | CPU ms / token (median) | "
+             "device ms / token | tok/s |", "|---|---:|---:|---:|---:|---:|"]
     for rung, r in rows.items():
         dev = "–" if r["device_ms_per_token"] is None else f"{r['device_ms_per_token']:.2f}"
         lines.append(f"| {rung} | {r['ops_per_layer_token']:.1f} | {r['moe_aten_ops_per_layer_token']:.1f} | "
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
         rows[rung], store = profile_rung(handle, rung, args, store, device, out)
     env = {"model": args.model, "device": str(device), "torch": torch.__version__, "threads":
            torch.get_num_threads(), "num_layers": handle.num_layers, "num_experts": handle.num_experts,
-           "k_hat": args.k_hat, "switch_rate": args.switch_rate, "tokens": args.tokens, "repeats": args.repeats,
+           "k_hat": args.k_hat, "switch_rate": args.switch_rate, "tokens": args.tokens,
+           "repeats": args.repeats,
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     print(json.dumps(env))
     print(_table(rows, handle.num_layers))
