@@ -12,13 +12,13 @@ a GPU at batch 1) and, on CUDA, also the device kernels and copies. "MoE ops" ar
 block (router, mask function, masked routing, the engine's planning and the expert computation). CPU ms per
 token is the median decode step time without the profiler (`--repeats` runs); device ms per token is the sum
 of device activity in the profiled run. Writes OUT/profile.json and OUT/trace_<rung>.json (chrome traces);
-with
-`--ladder` also runs the serving ladder (`temoe bench serve`) and writes OUT/ladder.json.
+with `--ladder` also runs the serving ladder (`temoe bench serve`) and writes OUT/ladder.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -141,13 +141,15 @@ def summarize(events, n_tokens: int, n_layers: int, top: int = 15) -> dict:
     count = Counter(e.name for e in counted)
     time_us = Counter()
     for e in counted:
-        time_us[e.name] += e.device_time if device else e.cpu_time_total
+        time_us[e.name] += e.time_range.elapsed_us() if device else e.cpu_time_total
     return {
         "ops_per_token": len(counted) / n_tokens,
         "ops_per_layer_token": len(counted) / n_tokens / n_layers,
         "aten_ops_per_token": len(ops) / n_tokens,
         "moe_aten_ops_per_layer_token": len(moe) / n_tokens / n_layers,
-        "device_ms_per_token": sum(e.device_time for e in device) / 1e3 / n_tokens if device else None,
+        "device_ms_per_token": (
+            sum(e.time_range.elapsed_us() for e in device) / 1e3 / n_tokens if device else None
+        ),
         "op_kind": "device kernels and copies" if device else "top-level aten ops",
         "top_by_count": [[n, c / n_tokens] for n, c in count.most_common(top)],
         "top_by_time_us": [[n, t / n_tokens] for n, t in time_us.most_common(top)],
@@ -249,18 +251,20 @@ def main(argv=None) -> int:
         if rung != "full" and "full" in rows:
             print(f"{rung}: ops per token beyond full residency\n{_diff(rows, rung)}")
     result = {"environment": env, "rows": rows}
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out / 'profile.json'}")
     if args.ladder:
         from temoe.serve.bench import format_table, run_ladder
         from temoe.serve.engine import restore_experts
 
         restore_experts(handle, store, device)
+        del store  # the ladder packs its own host store: free this one first (38 GB for gpt-oss-20b)
+        gc.collect()
         ks = sorted({max(handle.top_k, handle.num_experts // 4), args.k_hat})
         ladder = run_ladder(handle, tokenizer, k_hats=ks, max_new_tokens=32, switch_rate=args.switch_rate,
                             device=device)
         (out / "ladder.json").write_text(json.dumps(ladder, indent=1, default=str))
         print(format_table(ladder))
-    (out / "profile.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out / 'profile.json'}")
     return 0
 
 
