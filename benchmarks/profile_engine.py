@@ -36,6 +36,12 @@ from temoe.serve.generate import decode_steps
 from temoe.serve.synthetic import SyntheticOptions
 
 MOE_SCOPE = "temoe::moe_block"
+# Aten ops that (usually) only make a view, allocate or read metadata: no kernel on a GPU.
+VIEW_OPS = {f"aten::{n}" for n in (
+    "view", "reshape", "select", "slice", "expand", "unsqueeze", "squeeze", "transpose", "permute", "t",
+    "detach", "alias", "as_strided", "resolve_conj", "resolve_neg", "unbind", "split", "chunk", "narrow",
+    "empty", "lift_fresh", "_unsafe_view", "view_as", "expand_as", "flatten", "unflatten", "movedim",
+)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,6 +154,7 @@ def summarize(events, n_tokens: int, n_layers: int, top: int = 15) -> dict:
         "ops_per_layer_token": len(counted) / n_tokens / n_layers,
         "aten_ops_per_token": len(ops) / n_tokens,
         "moe_aten_ops_per_layer_token": len(moe) / n_tokens / n_layers,
+        "moe_compute_ops_per_layer_token": sum(e.name not in VIEW_OPS for e in moe) / n_tokens / n_layers,
         "device_ms_per_token": (
             sum(e.time_range.elapsed_us() for e in device) / 1e3 / n_tokens if device else None
         ),
@@ -203,11 +210,13 @@ def profile_rung(handle, rung: str, args, store, device, out: Path) -> tuple[dic
 
 
 def _table(rows: dict, n_layers: int) -> str:
-    lines = ["| rung | ops / layer / token | MoE aten ops / layer / token | wall ms / token | "
-             "process CPU ms / token | device ms / token | tok/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| rung | ops / layer / token | MoE aten ops / layer / token | MoE non-view aten ops | "
+             "wall ms / token | process CPU ms / token | device ms / token | tok/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rung, r in rows.items():
         dev = "–" if r["device_ms_per_token"] is None else f"{r['device_ms_per_token']:.2f}"
         cells = [f"{r['ops_per_layer_token']:.1f}", f"{r['moe_aten_ops_per_layer_token']:.1f}",
+                 f"{r['moe_compute_ops_per_layer_token']:.1f}",
                  f"{r['wall_ms_per_token_median']:.2f}", f"{r['process_cpu_ms_per_token_median']:.2f}", dev,
                  f"{r['tokens_per_s']:.1f}"]
         lines.append(f"| {rung} | " + " | ".join(cells) + " |")

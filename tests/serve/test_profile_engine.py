@@ -30,6 +30,7 @@ def test_profile_rungs_on_cpu(tmp_path):
         assert (out / f"trace_{rung}.json").stat().st_size > 0
         assert 0 < row["moe_aten_ops_per_layer_token"] < row["ops_per_layer_token"]
         assert row["device_ms_per_token"] is None  # CPU: no device activity
+        assert 0 < row["moe_compute_ops_per_layer_token"] < row["moe_aten_ops_per_layer_token"]
         assert row["wall_ms_per_token_median"] > 0 and row["process_cpu_ms_per_token_median"] > 0
         per_layer = sum(row["moe_count_per_layer_token"].values())
         assert abs(per_layer - row["moe_aten_ops_per_layer_token"]) < 1e-9
