@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU acceptance of the offloading engine and the trainer, on one H100/H200 with no network, in about 8 minutes:
+# GPU acceptance of the offloading engine and the trainer, on one H100/H200 with no network, in about 10 minutes:
 #   1. versions (torch, CUDA, transformers, peft, GPU)        4. gpt-oss-20b-shaped ladder: full, LRU, options at
 #   2. pytest -m gpu (engine parity, statistics, sync budget)    k̂ = 8 and 16 (synthetic, 5 % switches), router rule
-#   3. tiny CUDA ladder (tiny-random:gpt_oss)                5. one-step training benchmark (gpt-oss-20b shape)
+#   3. tiny CUDA ladder (tiny-random:gpt_oss)                5. engine profile (benchmarks/profile_engine.py): full,
+#                                                                LRU-16, options k̂ = 16: kernels and time per token
+#                                                             6. one-step training benchmark (gpt-oss-20b shape)
 # Writes OUT/acceptance.json and OUT/summary.md (plus each step's log and JSON). A failing step is recorded and
 # the next one still runs; the exit status is non-zero if any step failed.
 #
@@ -80,6 +82,10 @@ step ladder_tiny 60 "$PARSE" -- \
 step ladder_20b 240 "$PARSE; from temoe.models import gpt_oss_20b_config; gpt_oss_20b_config()" -- \
   "$PY" -m temoe.cli.main bench serve --model gpt-oss-20b-random --device cuda --k-hat 8 16 \
   --switch-rate-target 0.05 --max-prompts 4 --max-new-tokens 32 --json "$OUT/ladder_20b.json"
+
+step profile_20b 180 "import sys, subprocess; sys.exit(subprocess.call([sys.executable, *sys.argv[2:], '--dry-run']))" -- \
+  "$PY" benchmarks/profile_engine.py --model gpt-oss-20b-random --device cuda --k-hat 16 --switch-rate 0.05 \
+  --tokens 16 --repeats 3 --out "$OUT/profile_20b"
 
 step train_step 150 "import sys, importlib.util as u; s = u.spec_from_file_location('b', sys.argv[2]); s.loader.exec_module(u.module_from_spec(s)); import temoe.train.trainer" -- \
   "$PY" benchmarks/bench_train_step.py --batch 1 --prompt-tokens 128 --new-tokens 64 --steps 2 \

@@ -16,7 +16,7 @@ from temoe.serve.bench import run_ladder
 from temoe.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ["versions", "pytest_gpu", "ladder_tiny", "ladder_20b", "train_step"]
+STEPS = ["versions", "pytest_gpu", "ladder_tiny", "ladder_20b", "profile_20b", "train_step"]
 
 
 @pytest.mark.slow

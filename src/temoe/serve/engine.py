@@ -6,9 +6,9 @@ The wrapper remaps the router's expert ids to slot ids and calls the experts mod
 architecture's math (gpt_oss interleaved gate/up + bias + clamped gate; concatenated `[N,2I,H]` layouts) is
 reused unchanged. Which experts are resident is decided by a `ResidencyPolicy`; bytes are moved by the store.
 
-Host reads per MoE layer and decode call: one small device tensor (N,) of per-expert flags (routed, in the
-option, routed at the last position), from which the host plans; the id -> slot remap, the residency flags and
-the option masks stay on the device. Expert weights are served in the floating dtype the model was loaded in
+Host reads per MoE layer and decode call: one small device tensor (the routed expert ids and the option the
+mask function allowed), from which the host plans; the id -> slot remap, the residency flags and the option
+masks stay on the device. Expert weights are served in the floating dtype the model was loaded in
 (bf16 for gpt-oss checkpoints, whose MXFP4 experts `temoe.load_model` dequantises); quantised expert
 parameters are refused.
 """
@@ -160,7 +160,7 @@ class OffloadEngine:
         self._prefill = False
         self._batch_shape: tuple[int, int] | None = None
         self._last_option: dict[tuple[int, int], set[int]] = {}
-        self._option_dev: list[torch.Tensor | None] = [None] * self.num_layers  # this call's option (N,)
+        self._option_dev: list[torch.Tensor | None] = [None] * self.num_layers  # this call's option (B, N)
         self._stream_masks: dict[int, tuple[object, MaskFn]] = {}  # stream -> (masks given, device MaskFn)
         self.decode_tokens = 0
         self.last_cache = None  # KV cache of the latest decode_steps call (for the memory report)
@@ -189,7 +189,7 @@ class OffloadEngine:
 
         def recording(i: int, hidden: torch.Tensor) -> torch.Tensor:
             allowed = inner(i, hidden)  # (B, S, N) bool
-            self._option_dev[i] = allowed[:, -1].any(0)  # (N,) the option in force after this call
+            self._option_dev[i] = allowed[:, -1]  # (B, N) the option in force after this call (a view)
             return allowed
 
         # A mask fn that guarantees its row counts (controllers, synthetic options, checked tensors) spares
@@ -272,25 +272,30 @@ class OffloadEngine:
                 self.routing.replaced_total += len(option - prev)
         self._last_option[key] = option
 
-    def _read_flags(self, layer: int, top_k_index: torch.Tensor) -> tuple[set, set, set | None]:
-        """The one host read of a layer call: (routed, routed at the last position, option or None).
+    def _read_routing(self, layer: int, top_k_index: torch.Tensor) -> tuple[set, set, set | None]:
+        """The one host read of a layer call: (routed, routed at a row's last position, option or None).
 
-        top_k_index (T, k) with T = B*S. Flags (N,) int8 on the device: bit 0 routed anywhere, bit 1 routed at
-        a row's last position, bit 2 in the option recorded by the mask fn this call.
+        top_k_index (T, k) with T = B*S, flattened, followed (option modes) by the option rows (B, N) the mask
+        function allowed at the last position: one 1-D tensor of T*k + B*N values read with one `tolist()`.
+        Building it is one `cat` (none without an option), so a decode layer issues at most one small kernel
+        and one device -> host copy for its plan.
         """
         B, S = self._batch_shape
-        flags = torch.zeros(self.num_experts, dtype=torch.int8, device=top_k_index.device)
-        flags.index_fill_(0, top_k_index.reshape(-1), 1)
-        last = top_k_index.view(B, S, -1)[:, -1].reshape(-1)  # (B*k,)
-        flags.index_fill_(0, last, 3)
-        option = self._option_dev[layer]
+        k = top_k_index.shape[-1]
+        ids = top_k_index.reshape(-1)  # (T*k,)
+        option = self._option_dev[layer]  # (B, N) bool or None
         if option is not None:
-            flags |= option.to(torch.int8) << 2
-        values = flags.tolist()  # the single device -> host read of this layer call
-        routed = {e for e, f in enumerate(values) if f & 1}
-        at_last = {e for e, f in enumerate(values) if f & 2}
-        in_option = {e for e, f in enumerate(values) if f & 4} if option is not None else None
-        return routed, at_last, in_option
+            ids = torch.cat((ids, option.reshape(-1)))  # bool promoted to int64: (T*k + B*N,)
+        values = ids.tolist()  # the single device -> host read of this layer call
+        n = top_k_index.numel()
+        routed = set(values[:n])
+        at_last = set()
+        for b in range(B):  # row b's last position is token b*S + S-1: its k ids
+            at_last.update(values[(b * S + S - 1) * k : (b * S + S) * k])
+        if option is None:
+            return routed, at_last, None
+        N = self.num_experts
+        return routed, at_last, {j % N for j, f in enumerate(values[n:]) if f}
 
     def _run(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -300,7 +305,7 @@ class OffloadEngine:
         table, bank = self.tables[layer], self.banks[layer]
         if isinstance(self.policy, FullPolicy):  # every expert resident: nothing to plan, nothing to read
             return self._compacts[layer].forward(hidden, table.slot_dev[top_k_index], top_k_weights)
-        routed, at_last, option = self._read_flags(layer, top_k_index)
+        routed, at_last, option = self._read_routing(layer, top_k_index)
         if option is not None:
             self._record_option(layer, option)
         resident = table.resident()

@@ -1,9 +1,9 @@
 """Slot table of one MoE layer: which expert id lives in which device slot (the id -> slot indirection).
 
-Bookkeeping on the host (Python lists), mirrored into two small device tensors updated in place (scalar
-writes, no host read) so the per-call remap and the residency flags never leave the device. Invariants
-(checked by `check()` and the tests): at most `num_slots` experts resident, the two maps are inverse of each
-other and equal their device copies, and an expert pinned for the current step is never evicted.
+Bookkeeping on the host (Python lists), mirrored into one small device tensor updated in place (scalar
+writes, no host read) so the per-call remap never leaves the device. Invariants (checked by `check()` and the
+tests): at most `num_slots` experts resident, the two maps are inverse of each other and equal the device
+copy, and an expert pinned for the current step is never evicted.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ class SlotTable:
     """id -> slot map for one layer with `num_slots` device slots for `num_experts` experts.
 
     `slot_of` (host list of N ints) is -1 for experts not resident. `slot_dev` (N,) int64 is the same map on
-    `device`, what the engine indexes to remap the router's expert ids (B*S, k) to slot ids; `resident_dev`
-    (N,) bool flags the resident experts there. `last_used` is a logical clock per slot used to choose
-    victims (least recently used first) among the experts the policy allows to evict.
+    `device`, what the engine indexes to remap the router's expert ids (B*S, k) to slot ids. `last_used` is a
+    logical clock per slot used to choose victims (least recently used first) among the experts the policy
+    allows to evict.
     """
 
     def __init__(self, num_experts: int, num_slots: int, device: torch.device | str = "cpu"):
@@ -30,7 +30,6 @@ class SlotTable:
         self.last_used = [0] * num_slots
         self._clock = 0
         self.slot_dev = torch.full((num_experts,), -1, dtype=torch.long, device=device)
-        self.resident_dev = torch.zeros(num_experts, dtype=torch.bool, device=device)
 
     def resident(self) -> set[int]:
         return {e for e in self.expert_in if e >= 0}
@@ -66,11 +65,9 @@ class SlotTable:
             victim = self.expert_in[slot]
             self.slot_of[victim] = -1
             self.slot_dev[victim] = -1  # a scalar fill on the device: no host read
-            self.resident_dev[victim] = False
         self.expert_in[slot] = expert
         self.slot_of[expert] = slot
         self.slot_dev[expert] = slot
-        self.resident_dev[expert] = True
         self._clock += 1
         self.last_used[slot] = self._clock
         return slot, victim
@@ -98,4 +95,3 @@ class SlotTable:
                 assert self.slot_of[e] == s
         assert sum(s >= 0 for s in self.slot_of) == len(resident)
         assert self.slot_dev.tolist() == self.slot_of
-        assert self.resident_dev.tolist() == [s >= 0 for s in self.slot_of]

@@ -50,23 +50,34 @@ class SyntheticOptions:
         self._requests += 1
         option: dict[int, torch.Tensor] = {}  # layer -> (B, N) bool
 
+        def top_k_hat(i: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(router's top-k̂ of every position (B, S, N) bool, router logits (B, S, N) float32)."""
+            logits = self.logits(i, hidden)
+            top = torch.zeros(logits.shape, dtype=torch.bool, device=hidden.device)
+            return top.scatter_(-1, logits.topk(K, dim=-1).indices, True), logits
+
         def fn(i: int, hidden: torch.Tensor) -> torch.Tensor:
             B, S, _ = hidden.shape
-            logits = self.logits(i, hidden)  # (B, S, N) float32
-            top = torch.zeros(B, S, N, dtype=torch.bool, device=hidden.device)
-            top.scatter_(-1, logits.topk(K, dim=-1).indices, True)
             if i not in option:  # prompt: free routing, ω_0 at the last position
+                top, _ = top_k_hat(i, hidden)
                 mask = torch.ones_like(top)
                 mask[:, -1] = top[:, -1]
                 option[i] = top[:, -1]
                 return mask
+            if self.rule == "random":
+                # Draw first (position, then row); the router's top-k̂ is needed only where a row switches.
+                rows = [[b for b in range(B) if rng.random() < self.switch_rate] for _ in range(S)]
+                if not any(rows):
+                    return option[i][:, None].expand(B, S, N)
+                top, _ = top_k_hat(i, hidden)
+            else:
+                top, logits = top_k_hat(i, hidden)
             masks = []
             for s in range(S):
                 if self.rule == "random":
-                    rows = [b for b in range(B) if rng.random() < self.switch_rate]
-                    if rows:  # basic indexing with host ints: no index upload, no read back
+                    if rows[s]:  # basic indexing with host ints: no index upload, no read back
                         option[i] = option[i].clone()
-                        for b in rows:
+                        for b in rows[s]:
                             option[i][b] = top[b, s]
                 else:
                     routed = torch.zeros(B, N, dtype=torch.bool, device=hidden.device)
