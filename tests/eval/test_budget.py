@@ -2,6 +2,7 @@
 quick run's outputs and the input errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -157,10 +158,13 @@ def _cells(root):
     for p in sorted(root.rglob("k*/*.json")):
         summary = json.loads(p.read_text())
         summary.pop("seconds")
+        if summary["checkpoint"]:
+            summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(root))
         out[str(p.relative_to(root))] = summary
     return out
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_sequential_results_and_resume(tmp_path):
     argv = ["bench", "budget", "--model", "tiny", "--budgets", "8", "16", "--tasks", "mc", "--limit", "2",
             "--max-new-tokens", "4", "--calibration-size", "4", "--calibration-tokens", "32",
