@@ -292,7 +292,7 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
     units = plan_units(todo)
     prepare = any(c.method in CALIBRATING for c in todo)
     if not units and not trainings:
-        return results
+        return {cell: results[cell] for cell in cells}
 
     def done_unit(summaries: list[tuple[Cell, dict]]) -> None:
         for cell, summary in summaries:
@@ -304,7 +304,7 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
         _run_here(units, trainings, prepare, Path(out), settings, done_unit, trained)
     else:
         _run_pool(units, trainings, prepare, Path(out), settings, done_unit, trained, jobs, threads or 1)
-    return results
+    return {cell: results[cell] for cell in cells}  # in plan order, whichever process finished first
 
 
 def _run_here(units, trainings, prepare, out, settings, done_unit, trained) -> None:
