@@ -288,7 +288,11 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
                 progress(cell, True)
         else:
             todo.append(cell)
-    trainings = [t for t in trainings if not _train_done(settings.checkpoints[t])]
+    trainings = list(trainings)
+    for t in [t for t in trainings if _train_done(settings.checkpoints[t])]:
+        trainings.remove(t)
+        if trained:
+            trained(t)  # finished earlier: counted as done
     units = plan_units(todo)
     prepare = any(c.method in CALIBRATING for c in todo)
     if not units and not trainings:
