@@ -76,6 +76,8 @@ def test_demo_budget_stage_runs_beside_the_main_process_and_writes_its_outputs(t
                            calibration_prompts=4, calibration_tokens=32, budgets=(16, 8),
                            budget_methods=("lru", "demand=0.5", "frequency"), progress=False)
     assert start_budget_stage(DemoConfig.quick(str(tmp_path / "x"), data={"mc": "f"})) is None
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        DemoConfig.quick(str(tmp_path), budget_methods=("nope",))
     future = start_budget_stage(cfg)
     model, _ = load_model("tiny")
     paths = finish_budget_stage(cfg, future, temoe.wrap(model))

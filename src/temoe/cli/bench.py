@@ -205,6 +205,25 @@ def _given_checkpoints(items: list[str]) -> dict:
     return out
 
 
+def train_controller(settings, k_hat: int, eta: float) -> None:
+    """Train the shipped `tiny` config at (k̂, η) into `settings.checkpoints[(k̂, η)]`, resuming an
+    interrupted run; a `budget-done` marker makes a finished run reusable (`temoe.eval.budget.run_cells`)."""
+    from temoe.eval.budget import train_done
+    from temoe.train.config import load_config
+    from temoe.train.trainer import train
+
+    run_dir = Path(settings.checkpoints[(k_hat, eta)])
+    if train_done(str(run_dir)):
+        return
+    overrides = {"controller.eta": eta, "controller.k_hat": k_hat, "out_dir": str(run_dir),
+                 "model": settings.model, "seed": settings.seed, "progress": False}
+    if settings.controller_steps is not None:
+        overrides["steps"] = settings.controller_steps
+    resume = (run_dir / "checkpoints" / "latest").is_file()
+    train(load_config("tiny", overrides), resume=resume, overwrite=not resume)
+    (run_dir / "budget-done").write_text("finished\n")
+
+
 def _profile(hardware: str, dtype: str | None, handle, tokenizer):
     """A named cost-model profile, or `local` measured on this machine with the loaded model."""
     from temoe.cost import load_profile
@@ -257,7 +276,8 @@ def run_budget(args) -> int:
         bar.update()
 
     results = bud.run_cells(cells, out, settings, progress, jobs=jobs, trainings=needed, threads=args.threads,
-                            trained=lambda _t: train_bar.update() if train_bar else None)
+                            trained=lambda _t: train_bar.update() if train_bar else None,
+                            train=train_controller)
     bar.close()
     if train_bar:
         train_bar.close()

@@ -103,6 +103,9 @@ class DemoConfig:
         if self.controller_mode not in ("sample", "greedy"):
             raise ValueError("DemoConfig.controller_mode must be 'sample' or 'greedy', "
                              f"got {self.controller_mode!r}")
+        from temoe.eval.budget import parse_methods
+
+        parse_methods(self.budget_methods)  # ValueError naming the valid methods and knob values
         if self.selection_mode not in (None, "sample", "greedy"):
             raise ValueError("DemoConfig.selection_mode must be None, 'sample' or 'greedy', "
                              f"got {self.selection_mode!r}")

@@ -10,7 +10,8 @@ skips finished cells.
 Work is grouped into units (`plan_units`): the methods that leave the router alone (base, lru, lfu, recency)
 generate once per task and replay that routing at every budget (`router_views`); a trained method
 (recency, static-distill) trains once for all tasks. Units and controller trainings run in `jobs` worker
-processes (`run_cells`); every unit seeds torch first, so the results do not depend on the schedule.
+processes (`run_cells`; the caller passes the training function); every unit seeds torch first, so the
+results do not depend on the schedule.
 docs/budget.md explains the assumptions.
 """
 
@@ -30,7 +31,7 @@ from temoe.cost import HardwareProfile, predict, profile_names
 __all__ = [
     "Cell", "DEFAULT_METHODS", "KNOBS", "QUICK_METHODS", "EvalSettings", "parse_methods", "check_inputs",
     "plan_cells", "plan_units", "critical_split", "predict_row", "full_row", "router_views", "run_cells",
-    "train_controller", "write_outputs",
+    "train_done", "write_outputs",
 ]
 
 #: method -> (knob name, default knob values); methods without a knob have ().
@@ -275,10 +276,12 @@ def plan_units(cells: Iterable[Cell]) -> list[Unit]:
 def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
               progress: Callable[[Cell, bool], None] | None = None, *, jobs: int = 1,
               trainings: Iterable[tuple[int, float]] = (), threads: int | None = None,
-              trained: Callable[[tuple[int, float]], None] | None = None) -> dict[Cell, dict]:
-    """Train the controllers `trainings` ((B, η) -> `settings.checkpoints` directory, `train_controller`)
-    and evaluate every cell whose summary JSON is not in `out` yet, in `jobs` processes (1: this one);
-    returns cell -> summary. `threads`: torch threads of each worker process (default 1)."""
+              trained: Callable[[tuple[int, float]], None] | None = None,
+              train: Callable[[EvalSettings, int, float], None] | None = None) -> dict[Cell, dict]:
+    """Train the controllers `trainings` with `train(settings, B, η)` (a module-level function, so that
+    worker processes can run it; it trains into `settings.checkpoints[(B, η)]` and leaves `budget-done`
+    there, `train_done`) and evaluate every cell whose summary JSON is not in `out` yet, in `jobs` processes
+    (1: this one); returns cell -> summary. `threads`: torch threads of each worker process (default 1)."""
     results, todo = {}, []
     for cell in cells:
         path = cell_path(out, cell)
@@ -289,7 +292,7 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
         else:
             todo.append(cell)
     trainings = list(trainings)
-    for t in [t for t in trainings if _train_done(settings.checkpoints[t])]:
+    for t in [t for t in trainings if train_done(settings.checkpoints[t])]:
         trainings.remove(t)
         if trained:
             trained(t)  # finished earlier: counted as done
@@ -305,15 +308,16 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
                 progress(cell, False)
 
     if jobs <= 1:
-        _run_here(units, trainings, prepare, Path(out), settings, done_unit, trained)
+        _run_here(units, trainings, prepare, Path(out), settings, done_unit, trained, train)
     else:
-        _run_pool(units, trainings, prepare, Path(out), settings, done_unit, trained, jobs, threads or 1)
+        _run_pool(units, trainings, prepare, Path(out), settings, done_unit, trained, train, jobs,
+                  threads or 1)
     return {cell: results[cell] for cell in cells}  # in plan order, whichever process finished first
 
 
-def _run_here(units, trainings, prepare, out, settings, done_unit, trained) -> None:
+def _run_here(units, trainings, prepare, out, settings, done_unit, trained, train) -> None:
     for t in trainings:
-        train_controller(settings, *t)
+        train(settings, *t)
         if trained:
             trained(t)
     runner = CellRunner(settings)
@@ -323,7 +327,7 @@ def _run_here(units, trainings, prepare, out, settings, done_unit, trained) -> N
         done_unit(runner.run_unit(unit, out))
 
 
-def _run_pool(units, trainings, prepare, out, settings, done_unit, trained, jobs, threads) -> None:
+def _run_pool(units, trainings, prepare, out, settings, done_unit, trained, train, jobs, threads) -> None:
     """Schedule trainings first (the longest jobs), the calibration warm-up, then units as their trainings
     and the warm-up finish."""
     import multiprocessing as mp
@@ -332,7 +336,7 @@ def _run_pool(units, trainings, prepare, out, settings, done_unit, trained, jobs
     waiting = list(units)
     finished: set = set()
     pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(asdict(settings), threads))
+                               initargs=(asdict(settings), threads, train))
     running: dict = {}
     try:
         for t in trainings:
@@ -373,9 +377,10 @@ def _pending(running: dict) -> set:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(settings: dict, threads: int) -> None:
+def _worker_init(settings: dict, threads: int, train) -> None:
     import torch
 
+    _WORKER["train"] = train
     torch.set_num_threads(threads)
     checkpoints = {tuple(k) if isinstance(k, list) else k: v for k, v in settings.pop("checkpoints").items()}
     _WORKER["settings"] = EvalSettings(**settings, checkpoints=checkpoints)
@@ -388,7 +393,7 @@ def _runner() -> CellRunner:
 
 
 def _worker_train(t: tuple[int, float]) -> None:
-    train_controller(_WORKER["settings"], *t)
+    _WORKER["train"](_WORKER["settings"], *t)
 
 
 def _worker_prepare() -> None:
@@ -399,26 +404,9 @@ def _worker_unit(unit: Unit, out: str) -> list[tuple[Cell, dict]]:
     return _runner().run_unit(unit, Path(out))
 
 
-def _train_done(run_dir: str) -> bool:
+def train_done(run_dir: str) -> bool:
+    """A finished training run of this benchmark: its directory holds the `budget-done` marker."""
     return (Path(run_dir) / "budget-done").is_file()
-
-
-def train_controller(settings: EvalSettings, k_hat: int, eta: float) -> None:
-    """Train the shipped `tiny` config at (k̂, η) into `settings.checkpoints[(k̂, η)]`, resuming an
-    interrupted run; a `budget-done` marker makes a finished run reusable."""
-    from temoe.train.config import load_config
-    from temoe.train.trainer import train
-
-    run_dir = Path(settings.checkpoints[(k_hat, eta)])
-    if _train_done(str(run_dir)):
-        return
-    overrides = {"controller.eta": eta, "controller.k_hat": k_hat, "out_dir": str(run_dir),
-                 "model": settings.model, "seed": settings.seed, "progress": False}
-    if settings.controller_steps is not None:
-        overrides["steps"] = settings.controller_steps
-    resume = (run_dir / "checkpoints" / "latest").is_file()
-    train(load_config("tiny", overrides), resume=resume, overwrite=not resume)
-    (run_dir / "budget-done").write_text("finished\n")
 
 
 class _RouterViews:
