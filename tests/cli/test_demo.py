@@ -65,3 +65,31 @@ def test_demo_refuses_an_unknown_controller_mode(tmp_path):
         DemoConfig.quick(str(tmp_path), controller_mode="argmax")
     with pytest.raises(ValueError, match="selection_mode"):
         DemoConfig.quick(str(tmp_path), selection_mode="top")
+
+
+def test_demo_budget_stage_runs_beside_the_main_process_and_writes_its_outputs(tmp_path):
+    import temoe
+    from temoe.cli.demo import _budget_section, finish_budget_stage, start_budget_stage
+    from temoe.loading import load_model
+
+    cfg = DemoConfig.quick(str(tmp_path / "run"), tasks=("mc",), limit=2, max_new_tokens=4,
+                           calibration_prompts=4, calibration_tokens=32, budgets=(16, 8),
+                           budget_methods=("lru", "demand=0.5", "frequency"), progress=False)
+    assert start_budget_stage(DemoConfig.quick(str(tmp_path / "x"), data={"mc": "f"})) is None
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        DemoConfig.quick(str(tmp_path), budget_methods=("nope",))
+    future = start_budget_stage(cfg)
+    model, _ = load_model("tiny")
+    paths = finish_budget_stage(cfg, future, temoe.wrap(model))
+    out = tmp_path / "run" / "budget"
+    rows = json.loads((out / "budget.json").read_text())["rows"]
+    methods = ("full", "lru", "demand", "frequency")
+    assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in methods for b in (16, 8)}
+    assert {p.name for p in paths} >= {"budget.json", "budget.md", "pareto_mc_B16.png", "pareto_mc_B8.png"}
+    report = tmp_path / "run" / "report.md"
+    report.write_text("# demo\n")
+    _budget_section(tmp_path / "run", paths, report)
+    text = report.read_text()
+    assert "[budget/budget.md](budget/budget.md)" in text and "(budget/pareto_mc_B8.png)" in text
+    assert DemoConfig.quick(str(tmp_path)).budgets == (16,)
+    assert DemoConfig.full(str(tmp_path)).budgets == (16, 8)

@@ -2,6 +2,7 @@
 quick run's outputs and the input errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,9 +97,88 @@ def test_quick_run_writes_outputs_and_a_rerun_skips_cells(tmp_path, monkeypatch)
     assert (out / "pareto_mc_B16.png").stat().st_size > 0
     assert not list(out.rglob("*.part"))
 
-    def refuse(self, cell):
-        raise AssertionError(f"cell {cell} evaluated again")
+    def refuse(self, unit, out):
+        raise AssertionError(f"unit {unit.key} evaluated again")
 
-    monkeypatch.setattr(bud.CellRunner, "evaluate", refuse)
+    monkeypatch.setattr(bud.CellRunner, "run_unit", refuse)
     assert main(argv) == 0
     assert json.loads((out / "budget.json").read_text())["rows"] == data["rows"]
+
+
+def test_units_group_router_methods_across_budgets_and_trained_ones_across_tasks():
+    methods = bud.parse_methods(["lru", "lfu", "recency", "static-distill", "demand=0.5", "controller=0.02"])
+    cells = bud.plan_cells([8, 16], methods, ["mc", "math"])
+    units = {u.key: u for u in bud.plan_units(cells)}
+    assert {c.name for c in units[("router", None, None)].cells} == {
+        "base-mc", "lru-mc", "lfu-mc", "base-math", "lru-math", "lfu-math"}
+    assert len(units[("router", None, None)].cells) == 12  # both budgets
+    assert len(units[("recency", 1.0, None)].cells) == 4
+    assert [c.task for c in units[("static-distill", "frequency", 8)].cells] == ["mc", "math"]
+    assert units[("controller", 0.02, 16)].needs == ((16, 0.02),)
+    assert sum(len(u.cells) for u in units.values()) == len(cells)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    import temoe
+    from temoe.loading import load_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("tiny")
+    return temoe.wrap(model.eval()), tokenizer
+
+
+def test_router_views_equal_one_evaluation_per_budget(tiny):
+    from temoe.baselines.lru import CacheSource
+    from temoe.eval.pipeline import evaluate_method
+    from temoe.eval.tasks import load_task
+    from temoe.rollout.masks import BaseSource
+    from temoe.rollout.runner import GenerationConfig
+
+    handle, tokenizer = tiny
+    task = load_task("mc", None, limit=4, seed=42)
+    gen = GenerationConfig(max_new_tokens=8, batch_size=2, seed=42)
+    views = [(BaseSource(handle.top_k), 8), (CacheSource(8, "lru"), 8), (CacheSource(16, "lfu"), 16),
+             (CacheSource(4, "lru"), 4)]
+    shared = bud.router_views(handle, tokenizer, task, BaseSource(handle.top_k), views, gen)
+    for (view, budget), (summary, records) in zip(views, shared, strict=True):
+        k_hat = handle.top_k if view.name == "base" else view.k_hat
+        direct, direct_records = evaluate_method(handle, tokenizer, task, view.name, k_hat, generation=gen,
+                                                 budget=budget)
+        assert summary.pop("shared_generation") is True
+        summary.pop("seconds"), direct.pop("seconds")
+        assert summary == direct and records == direct_records
+    assert shared[1][0]["loads_per_token"] > shared[2][0]["loads_per_token"] > 0  # 8 LRU slots vs 16 LFU
+
+
+def _cells(root):
+    out = {}
+    for p in sorted(root.rglob("k*/*.json")):
+        summary = json.loads(p.read_text())
+        summary.pop("seconds")
+        if summary["checkpoint"]:
+            summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(root))
+        out[str(p.relative_to(root))] = summary
+    return out
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_sequential_results_and_resume(tmp_path):
+    argv = ["bench", "budget", "--model", "tiny", "--budgets", "8", "16", "--tasks", "mc", "--limit", "2",
+            "--max-new-tokens", "4", "--calibration-size", "4", "--calibration-tokens", "32",
+            "--train-steps", "1", "--threads", "1", "--methods", "lru", "lfu", "demand=0.5", "frequency",
+            "static-distill", "recency", "controller=0.02"]
+    assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "seq")]) == 0
+    par = tmp_path / "par"
+    assert main([*argv, "--jobs", "2", "--out", str(par)]) == 0
+    assert _cells(tmp_path / "seq") == _cells(par)
+    assert len(_cells(par)) == 2 * 8
+    # An interrupted run: a lost cell and a lost training are redone, the rest is read back.
+    (par / "k8" / "demand-0.5-mc.json").unlink()
+    lost = par / "train" / "k16-eta0.02" / "budget-done"
+    lost.unlink()
+    before = _cells(par)
+    assert main([*argv, "--jobs", "2", "--out", str(par)]) == 0
+    assert lost.is_file() and _cells(par).keys() == before.keys() | {"k8/demand-0.5-mc.json"}

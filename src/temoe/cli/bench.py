@@ -161,7 +161,11 @@ def _register_budget(bench_sub) -> None:
                    help="controller training steps (default: the tiny config's) and recency / "
                         "static-distill steps (default 40)")
     b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--threads", type=POSITIVE_INT.arg, help="torch CPU threads")
+    b.add_argument("--threads", type=POSITIVE_INT.arg,
+                   help="torch CPU threads (of each worker process with --jobs > 1, default 1 there)")
+    b.add_argument("--jobs", type=POSITIVE_INT.arg,
+                   help="worker processes for the controller trainings and evaluations (default: 2 when the "
+                        "machine has 2 or more CPUs and no CUDA device, else 1); results do not depend on it")
     b.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     b.set_defaults(func=run_budget)
 
@@ -179,6 +183,7 @@ def _budget_settings(args):
                         seed=args.seed, calibration_size=pick(args.calibration_size, 128, 8),
                         calibration_tokens=pick(args.calibration_tokens, 256, 64),
                         train_steps=pick(args.train_steps, 40, 2), device=args.device,
+                        controller_steps=args.train_steps or (2 if q else None),
                         cache_dir=str(Path(args.out) / "cache"))
 
 
@@ -200,27 +205,23 @@ def _given_checkpoints(items: list[str]) -> dict:
     return out
 
 
-def _train_controllers(needed: list[tuple[int, float]], args, out: Path) -> dict:
-    """Train the shipped tiny config at each (k̂, η) into OUT/train/k{K}-eta{E}, reusing finished runs."""
-    from tqdm import tqdm
-
+def train_controller(settings, k_hat: int, eta: float) -> None:
+    """Train the shipped `tiny` config at (k̂, η) into `settings.checkpoints[(k̂, η)]`, resuming an
+    interrupted run; a `budget-done` marker makes a finished run reusable (`temoe.eval.budget.run_cells`)."""
+    from temoe.eval.budget import train_done
     from temoe.train.config import load_config
     from temoe.train.trainer import train
 
-    runs = {}
-    for k_hat, eta in tqdm(needed, desc="train controllers", unit="run"):
-        run_dir = out / "train" / f"k{k_hat}-eta{eta:g}"
-        done = run_dir / "budget-done"
-        if not done.is_file():
-            overrides = {"controller.eta": eta, "controller.k_hat": k_hat, "out_dir": str(run_dir),
-                         "model": args.model, "seed": args.seed}
-            if args.train_steps is not None or args.quick:
-                overrides["steps"] = args.train_steps or 2
-            resume = (run_dir / "checkpoints" / "latest").is_file()
-            train(load_config("tiny", overrides), resume=resume, overwrite=not resume)
-            done.write_text("finished\n")
-        runs[(k_hat, eta)] = str(run_dir)
-    return runs
+    run_dir = Path(settings.checkpoints[(k_hat, eta)])
+    if train_done(str(run_dir)):
+        return
+    overrides = {"controller.eta": eta, "controller.k_hat": k_hat, "out_dir": str(run_dir),
+                 "model": settings.model, "seed": settings.seed, "progress": False}
+    if settings.controller_steps is not None:
+        overrides["steps"] = settings.controller_steps
+    resume = (run_dir / "checkpoints" / "latest").is_file()
+    train(load_config("tiny", overrides), resume=resume, overwrite=not resume)
+    (run_dir / "budget-done").write_text("finished\n")
 
 
 def _profile(hardware: str, dtype: str | None, handle, tokenizer):
@@ -235,6 +236,7 @@ def _profile(hardware: str, dtype: str | None, handle, tokenizer):
 
 
 def run_budget(args) -> int:
+    import os
     import sys
 
     import torch
@@ -261,17 +263,24 @@ def run_budget(args) -> int:
     settings.checkpoints = _given_checkpoints(args.checkpoint)
     etas = sorted({k for m, k in methods if m == "controller"})
     needed = [(b, e) for b in args.budgets for e in etas if (b, e) not in settings.checkpoints]
-    if needed:
-        settings.checkpoints.update(_train_controllers(needed, args, out))
+    for b, e in needed:
+        settings.checkpoints[(b, e)] = str(out / "train" / f"k{b}-eta{e:g}")
     cells = bud.plan_cells(args.budgets, methods, tasks)
-    bar = tqdm(total=len(cells), desc="budget cells", unit="cell")
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    jobs = args.jobs or (1 if cuda else min(2, os.cpu_count() or 1))
+    train_bar = tqdm(total=len(needed), desc="train controllers", unit="run", position=1) if needed else None
+    bar = tqdm(total=len(cells), desc="budget cells", unit="cell", position=0)
 
     def progress(cell, cached: bool) -> None:
         bar.set_postfix_str(f"{cell.name} B{cell.budget}{' (cached)' if cached else ''}")
         bar.update()
 
-    results = bud.run_cells(cells, out, settings, progress)
+    results = bud.run_cells(cells, out, settings, progress, jobs=jobs, trainings=needed, threads=args.threads,
+                            trained=lambda _t: train_bar.update() if train_bar else None,
+                            train=train_controller)
     bar.close()
+    if train_bar:
+        train_bar.close()
     profile = _profile(args.hardware, args.dtype, handle, tokenizer)
     rows = bud.build_rows(results, profile, handle.num_layers)
     notes = [f"model {args.model}: {handle.num_layers} MoE layers, N = {handle.num_experts}, "

@@ -6,7 +6,10 @@ Stages, each caching its output under `--out DIR` (a rerun skips what is already
             `DIR/train/budget<X>/`: one controller whose η meets a budget of X expert loads per token.
 3. eval     `DIR/eval/<method>[_eta<η>]-<task>.json` + `.jsonl`: base, the four baselines and each
             controller on the embedded math / mc / mc-multilingual sets at the same k̂ (Table 2 layout).
-4. report   `DIR/report.md`, `DIR/figures/*.png`, `DIR/summary.json` (one row per method × η × task).
+4. budget   `DIR/budget/`: the memory-budget benchmark (`temoe.eval.budget`) of the methods that need no
+            training at B = 16 and 8 (`budget.json`, `budget.md`, Pareto plots), run in a second process
+            (one torch thread) while the controllers train and the evaluations run.
+5. report   `DIR/report.md`, `DIR/figures/*.png`, `DIR/summary.json` (one row per method × η × task).
 """
 
 from __future__ import annotations
@@ -86,6 +89,12 @@ class DemoConfig:
     """Seed of question sampling, generation and calibration (§5: 42)."""
     progress: bool = True
     """Show progress bars."""
+    budgets: tuple[int, ...] = (16, 8)
+    """Expert slots per layer of the budget stage (`temoe bench budget`); () = no budget stage."""
+    budget_methods: tuple[str, ...] = ("lru", "lfu", "cache-prior=0.5", "demand=0.5,0.7", "reap", "frequency")
+    """Methods (and knob values, `temoe bench budget --methods` syntax) of the budget stage."""
+    budget_hardware: str = "h100-gpt-oss-20b"
+    """Cost-model profile of the budget stage's predicted speeds."""
 
     def __post_init__(self) -> None:
         if self.load_budget is not None and not (math.isfinite(self.load_budget) and self.load_budget > 0):
@@ -94,6 +103,9 @@ class DemoConfig:
         if self.controller_mode not in ("sample", "greedy"):
             raise ValueError("DemoConfig.controller_mode must be 'sample' or 'greedy', "
                              f"got {self.controller_mode!r}")
+        from temoe.eval.budget import parse_methods
+
+        parse_methods(self.budget_methods)  # ValueError naming the valid methods and knob values
         if self.selection_mode not in (None, "sample", "greedy"):
             raise ValueError("DemoConfig.selection_mode must be None, 'sample' or 'greedy', "
                              f"got {self.selection_mode!r}")
@@ -102,6 +114,7 @@ class DemoConfig:
     def quick(cls, out: str, **kw) -> DemoConfig:
         """CI preset: a small run of every stage, in a couple of minutes on 2 CPU cores."""
         base = dict(out=out, etas=(0.02,), load_budget=None, limit=24, max_new_tokens=64, train_steps=4,
+                    budgets=(16,), budget_methods=("lru", "demand=0.5", "frequency"),
                     survey_per_category=3, survey_tokens=32, calibration_prompts=16, calibration_tokens=128,
                     train_overrides={"prompts_per_step": 4, "max_new_tokens": 32, "checkpoint_every": 0,
                                      "eval_prompts": 4})
@@ -247,6 +260,79 @@ def stage_eval(cfg: DemoConfig, handle, tokenizer, checkpoints: dict[float, Path
     return summaries
 
 
+def _budget_settings(cfg: DemoConfig):
+    from temoe.eval.budget import EvalSettings
+
+    return EvalSettings(model=cfg.model, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size, seed=cfg.seed, calibration_size=cfg.calibration_prompts,
+                        calibration_tokens=cfg.calibration_tokens,
+                        cache_dir=str(Path(cfg.out) / "budget" / "cache"))
+
+
+def _budget_cells(cfg: DemoConfig):
+    from temoe.eval import budget as bud
+
+    return bud.plan_cells(cfg.budgets, bud.parse_methods(cfg.budget_methods), cfg.tasks)
+
+
+def _budget_work(cfg: DemoConfig) -> None:
+    """The budget stage's evaluations (in a worker process with one torch thread)."""
+    import torch
+
+    from temoe.eval import budget as bud
+
+    torch.set_num_threads(1)
+    bud.run_cells(_budget_cells(cfg), Path(cfg.out) / "budget", _budget_settings(cfg))
+
+
+def start_budget_stage(cfg: DemoConfig):
+    """Start the budget stage's evaluations in a second process; None when the stage is off or the local
+    tasks need data files (the budget benchmark reads embedded tasks only)."""
+    if not cfg.budgets or not cfg.budget_methods or cfg.data:
+        return None
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    future = pool.submit(_budget_work, cfg)
+    pool.shutdown(wait=False)
+    return future
+
+
+def finish_budget_stage(cfg: DemoConfig, future, handle) -> list[Path]:
+    """Wait for the budget stage, then write DIR/budget/budget.json, budget.md and the Pareto plots."""
+    if future is None:
+        return []
+    future.result()
+    from temoe.cost import load_profile
+    from temoe.eval import budget as bud
+
+    out = Path(cfg.out) / "budget"
+    results = bud.run_cells(_budget_cells(cfg), out, _budget_settings(cfg))  # all cached: reads them back
+    profile = load_profile(cfg.budget_hardware)
+    rows = bud.build_rows(results, profile, handle.num_layers)
+    notes = [f"model {cfg.model}: {handle.num_layers} MoE layers, N = {handle.num_experts}, "
+             f"k̃ = {handle.top_k}",
+             f"eval: limit {cfg.limit}, max new tokens {cfg.max_new_tokens}, seed {cfg.seed}",
+             bud.provenance_note(results)]
+    command = (f"temoe bench budget --model {cfg.model} --budgets {' '.join(map(str, cfg.budgets))} "
+               f"--methods {' '.join(cfg.budget_methods)} --tasks {' '.join(cfg.tasks)} --limit {cfg.limit} "
+               f"--max-new-tokens {cfg.max_new_tokens} --calibration-size {cfg.calibration_prompts} "
+               f"--calibration-tokens {cfg.calibration_tokens} --hardware {cfg.budget_hardware} --out {out}")
+    return bud.write_outputs(out, rows, profile, command, notes, handle.num_layers)
+
+
+def _budget_section(out: Path, paths: list[Path], report: Path) -> None:
+    plots = [p for p in paths if p.suffix == ".png"]
+    lines = ["", "## Accuracy against predicted speed at a fixed expert memory", "",
+             "The methods that need no training, at B expert slots per layer (k̂ = B), priced by the cost "
+             "model: every row in [budget/budget.md](budget/budget.md) (`temoe bench budget`, "
+             "docs/budget.md).", ""]
+    lines += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
+    with report.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def summary_rows(summaries: list[dict]) -> list[dict]:
     """The `summary.json` rows: method, eta, k_hat, task, n, accuracy(+CI), switch_rate(+CI)."""
     keys = ("method", "eta", "k_hat", "task", "n", "accuracy", "accuracy_ci", "switch_rate", "switch_rate_ci",
@@ -265,6 +351,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
     handle, tokenizer = _load(cfg)
     survey = stage_survey(cfg, handle, tokenizer)
+    budget_stage = start_budget_stage(cfg)
     checkpoints = {}
     if "controller" in cfg.methods:
         for eta in sorted(cfg.etas):
@@ -294,6 +381,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                           tasks=list(cfg.tasks), runs=runs, preamble="\n\n".join(pre))
     if checkpoints and not cfg.checkpoints:
         _probe_section(out, runs, report)
+    budget_paths = finish_budget_stage(cfg, budget_stage, handle)
+    if budget_paths:
+        _budget_section(out, budget_paths, report)
     return {"report": report, "summary": rows, "survey": survey, "seconds": time.perf_counter() - start}
 
 

@@ -1,19 +1,28 @@
 """The memory-budget benchmark: accuracy against predicted decode speed at B expert slots per layer.
 
-For each budget B (k̂ = B), method and knob value, one evaluation (`temoe.eval.pipeline.evaluate_method`)
-gives accuracy, switch rate and expert loads per token under the method's residency with B slots; the
-loads are split into critical (the computation waits) and background (copied while compute goes on) and
-priced with the cost model (`temoe.cost.predict`) on a hardware profile. Cells are cached as summary JSONs
-in `DIR/k{B}/{cell}.json` (written through a `.part` file), so a rerun skips finished cells.
+For each budget B (k̂ = B), method and knob value, one evaluation (the computation of
+`temoe.eval.pipeline.evaluate_method`) gives accuracy, switch rate and expert loads per token under the
+method's residency with B slots; the loads are split into critical (the computation waits) and background
+(copied while compute goes on) and priced with the cost model (`temoe.cost.predict`) on a hardware profile.
+Cells are cached as summary JSONs in `DIR/k{B}/{cell}.json` (written through a `.part` file), so a rerun
+skips finished cells.
+
+Work is grouped into units (`plan_units`): the methods that leave the router alone (base, lru, lfu, recency)
+generate once per task and replay that routing at every budget (`router_views`); a trained method
+(recency, static-distill) trains once for all tasks. Units and controller trainings run in `jobs` worker
+processes (`run_cells`; the caller passes the training function); every unit seeds torch first, so the
+results do not depend on the schedule.
 docs/budget.md explains the assumptions.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,8 @@ from temoe.cost import HardwareProfile, predict, profile_names
 
 __all__ = [
     "Cell", "DEFAULT_METHODS", "KNOBS", "QUICK_METHODS", "EvalSettings", "parse_methods", "check_inputs",
-    "plan_cells", "critical_split", "predict_row", "full_row", "run_cells", "write_outputs",
+    "plan_cells", "plan_units", "critical_split", "predict_row", "full_row", "router_views", "run_cells",
+    "train_done", "write_outputs",
 ]
 
 #: method -> (knob name, default knob values); methods without a knob have ().
@@ -35,6 +45,11 @@ KNOBS: dict[str, tuple[str | None, tuple]] = {
 DEFAULT_METHODS = ("lru", "lfu", "cache-prior", "demand", "reap", "frequency", "static-distill", "recency",
                    "controller")
 QUICK_METHODS = ("lru", "demand=0.5", "frequency")
+#: Methods whose generations do not depend on B (no mask over the router): one generation per task serves
+#: every budget.
+ROUTER_METHODS = ("base", "lru", "lfu", "recency")
+#: Methods that read the calibration sequences (warmed once before the units that need them run).
+CALIBRATING = ("reap", "frequency", "static-distill", "recency", "reconstruction", "wanda")
 #: Residencies whose loads are all cache misses the computation waits for.
 _CACHE_RESIDENCIES = ("lru", "lfu")
 #: `written_by` of the cell summaries this module evaluates (others were placed in OUT beforehand).
@@ -75,6 +90,8 @@ class EvalSettings:
     calibration_size: int = 128
     calibration_tokens: int = 256
     train_steps: int = 40
+    controller_steps: int | None = None
+    """Controller training steps (None: the `tiny` trainer config's)."""
     cache_dir: str = ".temoe-cache"
     device: str | None = None
     checkpoints: dict[tuple[int, float], str] = field(default_factory=dict)
@@ -230,9 +247,45 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(part, path)
 
 
+@dataclass(frozen=True)
+class Unit:
+    """Work done in one model context: `cells` (all missing) of one method (and knob; and budget unless the
+    method leaves the router alone), over their tasks. `needs`: the trainings (B, η) it waits for."""
+
+    key: tuple
+    cells: tuple[Cell, ...]
+    needs: tuple[tuple[int, float], ...] = ()
+
+
+def _unit_key(cell: Cell) -> tuple:
+    if cell.method in ("base", "lru", "lfu"):
+        return ("router", None, None)
+    if cell.method in ROUTER_METHODS:
+        return (cell.method, cell.knob, None)
+    return (cell.method, cell.knob, cell.budget)
+
+
+def plan_units(cells: Iterable[Cell]) -> list[Unit]:
+    """Group cells into units (`Unit`) in order of first appearance; controller units need their training."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(_unit_key(cell), []).append(cell)
+    units = []
+    for key, group in groups.items():
+        needs = ((key[2], key[1]),) if key[0] == "controller" else ()
+        units.append(Unit(key, tuple(group), needs))
+    return units
+
+
 def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
-              progress: Callable[[Cell, bool], None] | None = None) -> dict[Cell, dict]:
-    """Evaluate every cell whose summary JSON is not in `out` yet; returns cell -> summary."""
+              progress: Callable[[Cell, bool], None] | None = None, *, jobs: int = 1,
+              trainings: Iterable[tuple[int, float]] = (), threads: int | None = None,
+              trained: Callable[[tuple[int, float]], None] | None = None,
+              train: Callable[[EvalSettings, int, float], None] | None = None) -> dict[Cell, dict]:
+    """Train the controllers `trainings` with `train(settings, B, η)` (a module-level function, so that
+    worker processes can run it; it trains into `settings.checkpoints[(B, η)]` and leaves `budget-done`
+    there, `train_done`) and evaluate every cell whose summary JSON is not in `out` yet, in `jobs` processes
+    (1: this one); returns cell -> summary. `threads`: torch threads of each worker process (default 1)."""
     results, todo = {}, []
     for cell in cells:
         path = cell_path(out, cell)
@@ -242,15 +295,181 @@ def run_cells(cells: list[Cell], out: Path, settings: EvalSettings,
                 progress(cell, True)
         else:
             todo.append(cell)
-    if todo:
-        runner = CellRunner(settings)
-        for cell in todo:
-            summary = runner.evaluate(cell)
-            write_atomic(cell_path(out, cell), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    trainings = list(trainings)
+    for t in [t for t in trainings if train_done(settings.checkpoints[t])]:
+        trainings.remove(t)
+        if trained:
+            trained(t)  # finished earlier: counted as done
+    units = plan_units(todo)
+    prepare = any(c.method in CALIBRATING for c in todo)
+    if not units and not trainings:
+        return {cell: results[cell] for cell in cells}
+
+    def done_unit(summaries: list[tuple[Cell, dict]]) -> None:
+        for cell, summary in summaries:
             results[cell] = summary
             if progress:
                 progress(cell, False)
-    return results
+
+    if jobs <= 1:
+        _run_here(units, trainings, prepare, Path(out), settings, done_unit, trained, train)
+    else:
+        _run_pool(units, trainings, prepare, Path(out), settings, done_unit, trained, train, jobs,
+                  threads or 1)
+    return {cell: results[cell] for cell in cells}  # in plan order, whichever process finished first
+
+
+def _run_here(units, trainings, prepare, out, settings, done_unit, trained, train) -> None:
+    for t in trainings:
+        train(settings, *t)
+        if trained:
+            trained(t)
+    runner = CellRunner(settings)
+    if prepare:
+        runner.prepare()
+    for unit in units:
+        done_unit(runner.run_unit(unit, out))
+
+
+def _run_pool(units, trainings, prepare, out, settings, done_unit, trained, train, jobs, threads) -> None:
+    """Schedule trainings first (the longest jobs), the calibration warm-up, then units as their trainings
+    and the warm-up finish."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    waiting = list(units)
+    finished: set = set()
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(asdict(settings), threads, train))
+    running: dict = {}
+    try:
+        for t in trainings:
+            running[pool.submit(_worker_train, t)] = ("train", t)
+        if prepare:
+            running[pool.submit(_worker_prepare)] = ("prepare", None)
+
+        def ready(unit: Unit) -> bool:
+            if any(("train", t) in _pending(running) for t in unit.needs):
+                return False
+            return not (prepare and "prepare" not in finished and any(c.method in CALIBRATING
+                                                                      for c in unit.cells))
+
+        while running or waiting:
+            for unit in [u for u in waiting if ready(u)]:
+                waiting.remove(unit)
+                running[pool.submit(_worker_unit, unit, str(out))] = ("unit", unit)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, what = running.pop(future)
+                value = future.result()  # a failure in a worker raises here
+                if kind == "train":
+                    finished.add(("train", what))
+                    if trained:
+                        trained(what)
+                elif kind == "prepare":
+                    finished.add("prepare")
+                else:
+                    done_unit(value)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pending(running: dict) -> set:
+    return {(kind, what) for kind, what in running.values() if kind == "train"}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(settings: dict, threads: int, train) -> None:
+    import torch
+
+    _WORKER["train"] = train
+    torch.set_num_threads(threads)
+    checkpoints = {tuple(k) if isinstance(k, list) else k: v for k, v in settings.pop("checkpoints").items()}
+    _WORKER["settings"] = EvalSettings(**settings, checkpoints=checkpoints)
+
+
+def _runner() -> CellRunner:
+    if "runner" not in _WORKER:
+        _WORKER["runner"] = CellRunner(_WORKER["settings"])
+    return _WORKER["runner"]
+
+
+def _worker_train(t: tuple[int, float]) -> None:
+    _WORKER["train"](_WORKER["settings"], *t)
+
+
+def _worker_prepare() -> None:
+    _runner().prepare()
+
+
+def _worker_unit(unit: Unit, out: str) -> list[tuple[Cell, dict]]:
+    return _runner().run_unit(unit, Path(out))
+
+
+def train_done(run_dir: str) -> bool:
+    """A finished training run of this benchmark: its directory holds the `budget-done` marker."""
+    return (Path(run_dir) / "budget-done").is_file()
+
+
+class _RouterViews:
+    """Wraps a `MaskSource` that installs no mask: generation is the source's own, and every sequence's
+    switch statistics are also taken under each view source (the same router, another k̂) and its routing
+    kept, so that `router_views` can replay it at every budget."""
+
+    def __init__(self, source, views):
+        self._source, self._views = source, views
+        self.switches: list[list[tuple]] = [[] for _ in views]
+        self.layers: list[list] = []
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def start(self, batch_size: int):
+        masks = self._source.start(batch_size)
+        if masks is not None:
+            raise ValueError(f"method {self._source.name!r} installs masks; its generations depend on k̂")
+        return None
+
+    def sequence_switches(self, b, rows, router_logits, expert_ids):
+        for acc, view in zip(self.switches, self._views, strict=True):
+            acc.append(view.sequence_switches(b, rows, router_logits, expert_ids))
+        self.layers.append(expert_ids.permute(1, 0, 2).tolist())  # (T, L, k) -> (L, T, k)
+        return self._source.sequence_switches(b, rows, router_logits, expert_ids)
+
+
+def router_views(handle, tokenizer, task, source, views: list[tuple[Any, int]],
+                 generation) -> list[tuple[dict, list[dict]]]:
+    """Evaluate `task` once with `source` (a `MaskSource` without masks) and return, for each (view source,
+    budget) in `views`, the (summary, records) `temoe.eval.runner.evaluate` gives that view at that budget:
+    the same generations, each view's switch rate (its k̂) and loads (its residency with `budget` slots),
+    apart from `seconds` (the shared generation's) and `shared_generation` (True)."""
+    from temoe.analysis.stats import summarise
+    from temoe.eval.runner import evaluate
+    from temoe.traces.residency import simulate_sequence
+
+    wrapper = _RouterViews(source, [v for v, _ in views])
+    budget = max(b for _, b in views)
+    shared, records = evaluate(handle, tokenizer, task, wrapper, generation, budget=budget)
+    out = []
+    for (view, b), switches in zip(views, wrapper.switches, strict=True):
+        recs = []
+        for r, (rate, loaded), layers in zip(records, switches, wrapper.layers, strict=True):
+            trace = {"id": r["id"], "k_tilde": handle.top_k, "num_experts": handle.num_experts,
+                     "layers": layers}
+            counts = simulate_sequence(trace, view.residency, b)
+            recs.append({**r, "switch_rate": rate, "experts_loaded": loaded, "loads": sum(counts.loads),
+                         "decode_tokens": counts.decode_tokens})
+        summary = summarise(recs)
+        tokens, loads = sum(r["decode_tokens"] for r in recs), sum(r["loads"] for r in recs)
+        summary.update(loads_per_token=loads / tokens if tokens else None, budget=b, residency=view.residency)
+        summary.update(task=shared["task"], method=view.name, k_hat=view.k_hat, seconds=shared["seconds"],
+                       switch_rate_definition=view.switch_definition, generation=shared["generation"],
+                       pool_size=shared["pool_size"], **view.describe())
+        summary["shared_generation"] = True
+        out.append((summary, recs))
+    return out
 
 
 def provenance_note(results: dict[Cell, dict]) -> str:
@@ -356,7 +575,7 @@ def _plots(out: Path, rows: list[dict], profile: HardwareProfile) -> list[Path]:
 
 
 class CellRunner:
-    """Evaluates cells in this process: the model is loaded once (again per controller checkpoint, whose
+    """Evaluates units in this process: the model is loaded once (again per controller checkpoint, whose
     LoRA is merged into its copy)."""
 
     def __init__(self, settings: EvalSettings):
@@ -377,52 +596,135 @@ class CellRunner:
             self._handle = temoe.wrap(model.to(self.device).eval())
         return self._handle
 
-    def _options(self, cell: Cell) -> tuple[object, dict]:
+    def _calibration(self):
         from temoe.baselines import CalibrationConfig
-        from temoe.baselines.distill import DistillConfig
 
         s = self.s
-        calibration = CalibrationConfig(num_prompts=s.calibration_size, max_total_tokens=s.calibration_tokens,
-                                        seed=s.seed)
-        options: dict[str, Any] = dict(cache_dir=s.cache_dir, calibration=calibration)
-        m, k = cell.method, cell.knob
-        if m == "cache-prior":
-            options["peer_options"] = {"strength": k}
-        elif m == "demand":
-            options["peer_options"] = {"threshold": k, "decay": 0.9}
-        elif m in ("recency", "static-distill"):
-            distill = DistillConfig(steps=s.train_steps, recency=k if m == "recency" else 0.0, seed=s.seed)
-            options["peer_options"] = {"distill": distill,
-                                       "distill_mask": k if m == "static-distill" else "frequency"}
-        if m != "controller":
-            return self.handle(), options
-        ckpt = s.checkpoints.get((cell.budget, k))
-        if ckpt is None:
-            raise ValueError(f"no controller checkpoint for B = {cell.budget}, eta = {_fmt(k)}")
-        from temoe.eval.pipeline import load_controller
+        return CalibrationConfig(num_prompts=s.calibration_size, max_total_tokens=s.calibration_tokens,
+                                 seed=s.seed)
 
-        model, tokenizer = self._load_model(s.model)
-        model, handle, controller = load_controller(model.to(self.device).eval(), ckpt)
-        self.tokenizer = tokenizer
-        options.update(controller=controller, eta=k)
-        return handle, options
-
-    def evaluate(self, cell: Cell) -> dict:
-        """Run one cell's evaluation; returns its summary (with the settings that identify it)."""
-        from temoe.eval.pipeline import evaluate_method
-        from temoe.eval.tasks import load_task
+    def _generation(self):
         from temoe.rollout.runner import GenerationConfig
 
         s = self.s
-        task = load_task(cell.task, None, limit=s.limit, seed=s.seed)
-        generation = GenerationConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                      top_p=s.top_p, batch_size=s.batch_size, seed=s.seed)
-        handle, options = self._options(cell)
-        k_hat = handle.top_k if cell.method == "base" else cell.budget
-        summary, records = evaluate_method(handle, self.tokenizer, task, cell.method, k_hat,
-                                           generation=generation, budget=cell.budget, **options)
-        if summary.get("residency") == "option":
-            summary["critical_per_token"] = option_critical_per_token(records, cell.budget)
-        checkpoint = s.checkpoints.get((cell.budget, cell.knob)) if cell.method == "controller" else None
-        summary.update(written_by=WRITER, model=s.model, checkpoint=checkpoint)
-        return summary
+        return GenerationConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                batch_size=s.batch_size, seed=s.seed)
+
+    def _task(self, name: str):
+        from temoe.eval.tasks import load_task
+
+        return load_task(name, None, limit=self.s.limit, seed=self.s.seed)
+
+    def prepare(self) -> None:
+        """Write the calibration sequences to the cache (read, never written, by the units after)."""
+        from temoe.baselines.calibration import calibration_sequences
+
+        calibration_sequences(self.handle(), self.tokenizer, self._calibration(), self.s.cache_dir)
+
+    def _options(self, method: str, knob) -> dict:
+        from temoe.baselines.distill import DistillConfig
+
+        s = self.s
+        options: dict[str, Any] = dict(cache_dir=s.cache_dir, calibration=self._calibration(), seed=s.seed)
+        if method == "cache-prior":
+            options["peer_options"] = {"strength": knob}
+        elif method == "demand":
+            options["peer_options"] = {"threshold": knob, "decay": 0.9}
+        elif method in ("recency", "static-distill"):
+            distill = DistillConfig(steps=s.train_steps, recency=knob if method == "recency" else 0.0,
+                                    seed=s.seed)
+            options["peer_options"] = {"distill": distill,
+                                       "distill_mask": knob if method == "static-distill" else "frequency"}
+        return options
+
+    def _controller(self, budget: int, eta: float):
+        ckpt = self.s.checkpoints.get((budget, eta))
+        if ckpt is None:
+            raise ValueError(f"no controller checkpoint for B = {budget}, eta = {_fmt(eta)}")
+        from temoe.eval.pipeline import load_controller
+
+        model, _ = self._load_model(self.s.model)
+        return load_controller(model.to(self.device).eval(), ckpt)
+
+    def run_unit(self, unit: Unit, out: Path) -> list[tuple[Cell, dict]]:
+        """Evaluate the unit's cells, writing each summary to `out` as soon as it is known."""
+        import torch
+
+        torch.manual_seed(self.s.seed)  # LoRA initialisation etc.: the same whichever process runs the unit
+        method, knob, budget = unit.key
+        if budget is None:
+            pairs = self._router_unit(unit)
+        else:
+            pairs = self._unit(unit)
+        done = []
+        for cell, summary in pairs:
+            checkpoint = self.s.checkpoints.get((cell.budget, cell.knob)) if cell.method == "controller" \
+                else None
+            summary.update(written_by=WRITER, model=self.s.model, checkpoint=checkpoint)
+            write_atomic(cell_path(out, cell), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+            done.append((cell, summary))
+        return done
+
+    def _tasks(self, unit: Unit) -> list[str]:
+        return list(dict.fromkeys(c.task for c in unit.cells))
+
+    def _router_unit(self, unit: Unit):
+        """base / lru / lfu (or recency, trained once): one generation per task, a view per cell."""
+        from temoe.baselines.lru import CacheSource
+        from temoe.eval.pipeline import method_source
+        from temoe.rollout.masks import BaseSource
+
+        handle = self.handle()
+        method, knob, _ = unit.key
+        k_hat = max(c.budget for c in unit.cells)
+        context = (method_source(handle, self.tokenizer, method, k_hat, **self._options(method, knob))
+                   if method == "recency" else _null(BaseSource(handle.top_k)))
+        with context as source:
+            for task in self._tasks(unit):
+                cells = [c for c in unit.cells if c.task == task]
+                views = []
+                for c in cells:
+                    if c.method == "base":
+                        view = BaseSource(handle.top_k)
+                    elif c.method in ("lru", "lfu"):
+                        view = CacheSource(c.budget, c.method)
+                    else:
+                        view = copy.copy(source)
+                        view.k_hat = c.budget
+                    views.append((view, c.budget))
+                results = router_views(handle, self.tokenizer, self._task(task), source, views,
+                                       self._generation())
+                yield from zip(cells, (summary for summary, _ in results), strict=True)
+
+    def _unit(self, unit: Unit):
+        """One method at one budget: trained methods train once for every task; the others enter their
+        source per task (a controller's or a rule's state starts afresh, as in `evaluate_method`)."""
+        from temoe.eval.pipeline import method_source
+        from temoe.eval.runner import evaluate
+
+        method, knob, budget = unit.key
+        handle, options = self.handle(), self._options(method, knob)
+        if method == "controller":
+            _, handle, controller = self._controller(budget, knob)
+            options.update(controller=controller, eta=knob)
+        once = method in ("static-distill",)
+        shared = method_source(handle, self.tokenizer, method, budget, budget=budget, **options) if once \
+            else _null(None)
+        with shared as trained:
+            for task in self._tasks(unit):
+                cell = next(c for c in unit.cells if c.task == task)
+                context = _null(trained) if once else method_source(handle, self.tokenizer, method, budget,
+                                                                    budget=budget, **options)
+                with context as source:
+                    summary, records = evaluate(handle, self.tokenizer, self._task(task), source,
+                                                self._generation(), budget=budget)
+                if summary.get("residency") == "option":
+                    summary["critical_per_token"] = option_critical_per_token(records, budget)
+                yield cell, summary
+        if method == "controller":
+            handle.unwrap()
+
+
+@contextmanager
+def _null(value):
+    yield value
