@@ -2,7 +2,8 @@
 
 Files: math_test.jsonl, mc_test.jsonl, mc_multilingual_test.jsonl, prompts.jsonl, calibration.jsonl,
 task_prompts.jsonl (`temoe.embedded.task_prompts`).
-All are deterministic given the seed; none of their items is trained on (see tests/embedded/test_overlap.py).
+All are deterministic given the seed; the test files' items are never trained on, and task_prompts.jsonl (the
+controllers' training prompts for the tasks) holds training-side items only (tests/embedded/test_overlap.py).
 """
 
 from __future__ import annotations
