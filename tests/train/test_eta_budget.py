@@ -194,3 +194,11 @@ def test_stall_budget_converts_through_the_hardware_profile(tmp_path):
                                                             "controller.load_budget": 1.5}).save(
         tmp_path / "c.yaml"))
     assert yaml_cfg.controller.eta == "auto" and yaml_cfg.controller.load_budget == 1.5 and cfg_path.is_file()
+
+
+def test_tiny_tasks_config_trains_on_the_task_prompt_set():
+    from temoe.train.data import resolve_prompts_path
+
+    config = load_config("tiny-tasks", {"out_dir": "unused"})
+    assert config.prompts == "embedded:task_prompts.jsonl" and resolve_prompts_path(config.prompts).is_file()
+    assert config.max_new_tokens == 48 and config.controller.eta_lr == 0.003
