@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from temoe.embedded import load_jsonl, math_problems, multiple_choice, tasks
+from temoe.embedded import load_jsonl, math_problems, multiple_choice, task_prompts, tasks
 from temoe.embedded.corpus import DRILL_SHARES, Corpus
 from temoe.eval.measure import grade
+from temoe.eval.tasks import load_task
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,40 @@ def test_prompt_documents_not_trained_on(corpus):
     for cat, docs in corpus.prompt_docs.items():
         trained = set(corpus.natural[cat])
         assert not [d for d in docs if d in trained]
+
+
+
+def _test_prompts() -> set[str]:
+    """The prompts `temoe eval` builds for the three embedded tasks' test items."""
+    return {load_task(name, limit=None).prompt(item) for name in ("math", "mc", "mc-multilingual")
+            for item in load_task(name, limit=None).items}
+
+
+def test_task_prompts_are_training_items_disjoint_from_the_test_files():
+    rows = load_jsonl("task_prompts")
+    assert rows == task_prompts.task_prompt_rows(seed=0)  # the shipped file is what build_data writes
+    test = _test_prompts()
+    assert len(test) > 700 and not [r["prompt"] for r in rows if r["prompt"] in test]
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    held = math_problems.held_out_keys(0)  # test keys and the prompt set's
+    assert not [p.key for p in task_prompts.math_items(200, 0) if p.key in held]
+    _, _, test_countries = multiple_choice.split_world(0)
+    names = {c.name for c in test_countries}
+    for langs in (("en",), multiple_choice.MULTILINGUAL_LANGS):
+        assert not [q.country for q in task_prompts.mc_items(200, langs, 0) if q.country in names]
+
+
+def test_task_prompts_are_formatted_as_evaluation_formats_them_in_the_tasks_proportions():
+    rows = load_jsonl("task_prompts")
+    assert {c: sum(r["category"] == c for r in rows) for c in tasks.TASKS} == dict.fromkeys(tasks.TASKS, 200)
+    langs = [r["lang"] for r in rows if r["category"] == "mc_multilingual"]
+    per_lang = {lang: langs.count(lang) for lang in set(langs)}
+    assert per_lang == dict.fromkeys(multiple_choice.MULTILINGUAL_LANGS, 40)
+    math = task_prompts.math_items(200, 0)
+    assert [p.kind for p in math[:6]] == list(math_problems.TEST_KINDS) * 2  # the test's kinds, in turn
+    evaluated = {"math": load_task("math", limit=None), "mc": load_task("mc", limit=None)}
+    expected = [evaluated["math"].prompt({"question": p.question}) for p in math]
+    for langs in (("en",), multiple_choice.MULTILINGUAL_LANGS):
+        expected += [evaluated["mc"].prompt({"question": q.question, "choices": list(q.choices)})
+                     for q in task_prompts.mc_items(200, langs, 0)]
+    assert [r["prompt"] for r in rows] == expected

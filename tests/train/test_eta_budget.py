@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,6 +85,45 @@ def test_probes_measure_loads_per_token_on_held_out_prompts(tmp_path):
     assert all(0 < p["eval/loads_per_token"] <= 2 * 4 for p in probes)  # at most L · k̂ = 2 · 4 per token
 
 
+def test_answer_positions_leave_out_the_eos_position():
+    eos = 9
+    batch = SimpleNamespace(tokens=torch.tensor([[5, 6, eos, 0], [5, 6, 7, 8]]),
+                            valid=torch.tensor([[True, True, True, False], [True, True, True, True]]))
+    answer = trainer_mod.answer_positions(batch, [eos])
+    assert answer.tolist() == [[True, True, False, False], [True, True, True, True]]
+
+
+def test_measured_loads_count_what_eval_records_count(tmp_path, monkeypatch):
+    # temoe eval --records: experts_loaded = Σ_ℓ Σ_{t=1}^{n-1} |ω_t \ ω_{t-1}| over the n tokens before EOS,
+    # loads per token = Σ experts_loaded / Σ (n − 1)
+    seen = {}
+    real, real_settings = trainer_mod.update_eta, trainer_mod.rollout_settings
+
+    def spy(run, batch):
+        seen["batch"], seen["eos"] = batch, run.rollout_settings["eos_token_ids"]
+        seen["n"] = run.handle.num_experts
+        return real(run, batch)
+
+    def many_eos(config, eos_ids, *a, **kw):  # every eighth token id ends a row, so rows end at EOS
+        return real_settings(config, list(eos_ids) + list(range(0, 4096, 8)), *a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "update_eta", spy)
+    monkeypatch.setattr(trainer_mod, "rollout_settings", many_eos)
+    result = train(_config(tmp_path, steps=1, **{"controller.termination_bias_init": 3.0}))
+    batch = seen["batch"]
+    masks = batch.trajectory.option_masks(seen["n"])
+    loads = positions = 0
+    for b in range(batch.tokens.shape[0]):
+        toks = batch.tokens[b][batch.valid[b]].tolist()
+        n = next((i for i, t in enumerate(toks) if t in seen["eos"]), len(toks))
+        loads += sum(int((masks[b, t] & ~masks[b, t - 1]).sum()) for t in range(1, n))
+        positions += max(n - 1, 0)
+    ended = [toks for toks in (batch.tokens[b][batch.valid[b]].tolist() for b in range(batch.tokens.shape[0]))
+             if len(toks) >= 3 and toks[-1] in seen["eos"]]
+    assert positions > 0 and ended  # a row ends at EOS after two answer tokens: its EOS position left out
+    assert result.metrics[0]["controller/loads_per_token"] == pytest.approx(loads / positions)
+
+
 @pytest.mark.parametrize(("budget", "rises"), [(1e-3, True), (1e4, False)])
 def test_dual_update_in_the_loop_rises_over_budget_and_clamps_at_zero(tmp_path, budget, rises):
     # β ≈ σ(3) at the start: the rows switch often, so the measured loads are far above a tiny budget
@@ -154,3 +194,11 @@ def test_stall_budget_converts_through_the_hardware_profile(tmp_path):
                                                             "controller.load_budget": 1.5}).save(
         tmp_path / "c.yaml"))
     assert yaml_cfg.controller.eta == "auto" and yaml_cfg.controller.load_budget == 1.5 and cfg_path.is_file()
+
+
+def test_tiny_tasks_config_trains_on_the_task_prompt_set():
+    from temoe.train.data import resolve_prompts_path
+
+    config = load_config("tiny-tasks", {"out_dir": "unused"})
+    assert config.prompts == "embedded:task_prompts.jsonl" and resolve_prompts_path(config.prompts).is_file()
+    assert config.max_new_tokens == 48 and config.controller.eta_lr == 0.003

@@ -16,6 +16,7 @@ DATA_FILES = (
     "mc_multilingual_test.jsonl",
     "prompts.jsonl",
     "calibration.jsonl",
+    "task_prompts.jsonl",
 )
 
 

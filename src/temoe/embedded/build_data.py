@@ -1,7 +1,9 @@
 """Write the shipped evaluation and prompt files to `embedded/data/` (`python -m temoe.embedded.build_data`).
 
-Files: math_test.jsonl, mc_test.jsonl, mc_multilingual_test.jsonl, prompts.jsonl, calibration.jsonl.
-All are deterministic given the seed; none of their items is trained on (see tests/embedded/test_overlap.py).
+Files: math_test.jsonl, mc_test.jsonl, mc_multilingual_test.jsonl, prompts.jsonl, calibration.jsonl,
+task_prompts.jsonl (`temoe.embedded.task_prompts`).
+All are deterministic given the seed; the test files' items are never trained on, and task_prompts.jsonl (the
+controllers' training prompts for the tasks) holds training-side items only (tests/embedded/test_overlap.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from temoe.embedded import DATA_DIR, math_problems, multiple_choice
+from temoe.embedded import DATA_DIR, math_problems, multiple_choice, task_prompts
 from temoe.embedded.corpus import Corpus
 
 CALIBRATION_SIZE = 128  # §5: 128 calibration prompts of the training distribution
@@ -61,6 +63,7 @@ def build(out: Path = DATA_DIR, seed: int = 0, corpus: Corpus | None = None) -> 
     _write(out / "prompts.jsonl", prompts)
     rng = random.Random(f"calibration-{seed}")
     _write(out / "calibration.jsonl", sorted(rng.sample(prompts, CALIBRATION_SIZE), key=lambda r: r["id"]))
+    _write(out / "task_prompts.jsonl", task_prompts.task_prompt_rows(seed=seed))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -235,8 +235,9 @@ def update_eta(run: Run, batch: RolloutBatch) -> dict[str, float]:
     ctrl, traj = run.config.controller, batch.trajectory
     T = batch.tokens.shape[1]
     masks = traj.option_masks(run.handle.num_experts)[:, :T]  # (B, T, L, N): the options of generated tokens
-    totals = torch.stack([expert_loads(masks, batch.valid).sum(),
-                          counted_positions(batch.valid).sum().float()]).to(run.accelerator.device)
+    answer = answer_positions(batch, run.rollout_settings["eos_token_ids"])
+    totals = torch.stack([expert_loads(masks, answer).sum(),
+                          counted_positions(answer).sum().float()]).to(run.accelerator.device)
     if run.accelerator.num_processes > 1:
         totals = run.accelerator.reduce(totals, reduction="sum")
     measured = float(totals[0] / totals[1].clamp_min(1))
@@ -248,6 +249,14 @@ def update_eta(run: Run, batch: RolloutBatch) -> dict[str, float]:
         stats["controller/load_budget"] = ctrl.load_budget_per_token()
         run.eta = dual_update(run.eta, measured, stats["controller/load_budget"], ctrl.eta_lr)
     return stats
+
+
+def answer_positions(batch: RolloutBatch, eos_ids) -> Tensor:
+    """(B, T) bool: the positions of a response's answer tokens, its valid positions less the one that
+    emitted EOS; the loads are counted over these, as `temoe eval --records` counts them (`experts_loaded`
+    over the `n_generated` tokens before EOS)."""
+    eos = torch.as_tensor(list(eos_ids), dtype=batch.tokens.dtype, device=batch.tokens.device)
+    return batch.valid & ~torch.isin(batch.tokens, eos)
 
 
 def policy_update(run: Run, batch: RolloutBatch) -> dict[str, float]:
@@ -403,7 +412,7 @@ class Probe:
         per_seq = {}
         for prefix, batch in (("", self._rollout(ids, mask)),
                               ("fixed_", self._rollout(ids, mask, forced_tokens=self.fixed_text))):
-            stats = rollout_stats(batch, run.handle.num_experts)
+            stats = rollout_stats(batch, run.handle.num_experts, run.rollout_settings["eos_token_ids"])
             stats.pop("betas")
             per_seq.update({prefix + k: run.accelerator.gather(v.to(device)).cpu() for k, v in stats.items()})
         means = {f"eval/{k}": _nanmean(per_seq[k]) for k in ("reward", "kl", "switch_rate", "teacher_ppl",
@@ -418,9 +427,11 @@ class Probe:
 # ---------------------------------------------------------------------------------------------------------
 # metrics of one rollout (per sequence, gathered over processes)
 # ---------------------------------------------------------------------------------------------------------
-def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
-    """Per-sequence statistics (B,) float32 and the pooled β values at decision positions."""
+def rollout_stats(batch: RolloutBatch, num_experts: int, eos_ids=()) -> dict[str, Tensor]:
+    """Per-sequence statistics (B,) float32 and the pooled β values at decision positions; `loads` and
+    `load_positions` count the answer tokens (`answer_positions`, EOS left out)."""
     valid = batch.valid
+    answer = answer_positions(batch, eos_ids)
     n = valid.sum(1).clamp_min(1).float()
     reward = batch.rewards.sum(1) / n  # neg. KL per token (r_t is zero outside valid)
     kl = (batch.kl * valid).sum(1) / n  # exact KL per token at the visited states
@@ -443,8 +454,8 @@ def rollout_stats(batch: RolloutBatch, num_experts: int) -> dict[str, Tensor]:
         "repeat_fraction": torch.tensor(repeat),
         "termination_rate": (traj.decisions.float().mean(-1) * dec).sum(1) / dec.sum(1).clamp_min(1),
         "importance_weight": (batch.weights * valid).sum(1) / n,
-        "loads": expert_loads(masks[:, :valid.shape[1]], valid).sum(1),  # Σ_ℓ |ω_t \ ω_{t-1}| over t >= 1
-        "load_positions": counted_positions(valid).sum(1).float(),
+        "loads": expert_loads(masks[:, :valid.shape[1]], answer).sum(1),  # Σ_ℓ |ω_t \ ω_{t-1}| over t >= 1
+        "load_positions": counted_positions(answer).sum(1).float(),
         "betas": traj.betas[dec].flatten(),
     }
 
