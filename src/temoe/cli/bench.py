@@ -229,7 +229,7 @@ def _profile(hardware: str, dtype: str | None, handle, tokenizer):
     from temoe.cost import load_profile
 
     if hardware == "local":
-        from temoe.cost.local import measure_local_profile
+        from temoe.serve.local_profile import measure_local_profile
 
         return measure_local_profile(handle, tokenizer)
     return load_profile(hardware, dtype=dtype)

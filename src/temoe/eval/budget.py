@@ -56,7 +56,7 @@ _CACHE_RESIDENCIES = ("lru", "lfu")
 WRITER = "temoe bench budget"
 ROW_KEYS = ("method", "knob", "budget", "task", "accuracy", "accuracy_ci", "switch_rate", "loads_per_token",
             "critical_per_token", "background_per_token", "critical_source", "predicted_tok_s",
-            "predicted_vs_full", "n")
+            "predicted_vs_full", "ideal_tok_s", "n")
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def full_row(base: dict, budget: int, task: str, profile: HardwareProfile) -> di
             "accuracy_ci": base.get("accuracy_ci"), "switch_rate": None, "loads_per_token": 0.0,
             "critical_per_token": 0.0, "background_per_token": 0.0,
             "critical_source": "every expert resident", "predicted_tok_s": profile.decode_tok_s,
-            "predicted_vs_full": 1.0, "n": base.get("n")}
+            "predicted_vs_full": 1.0, "ideal_tok_s": profile.decode_tok_s, "n": base.get("n")}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -523,16 +523,21 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     for b in sorted({r["budget"] for r in rows}):
         lines += [f"## B = {b}", "",
                   "| task | method | knob | accuracy | 95% CI | switch rate | loads/token | critical/token "
-                  "| predicted tok/s | vs full |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| predicted tok/s | vs full | ideal tok/s |", "|" + "---|" * 11]
         for r in sorted((r for r in rows if r["budget"] == b), key=_order):
             sw = "" if r["switch_rate"] is None else f"{r['switch_rate']:.3f}"
             knob = "" if r["knob"] is None else _fmt(r["knob"])
             lines.append(f"| {r['task']} | {r['method']} | {knob} | {r['accuracy']:.3f} | "
                          f"{_ci(r['accuracy_ci'])} | {sw} | {r['loads_per_token'] or 0:.3f} | "
                          f"{r['critical_per_token']:.3f} | {r['predicted_tok_s']:.2f} | "
-                         f"{r['predicted_vs_full']:.3f} |")
+                         f"{r['predicted_vs_full']:.3f} | {_ideal(r)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ideal(r: dict) -> str:
+    """A row's ideal tok/s (no path overhead); rows written before the column existed have none."""
+    return "" if r.get("ideal_tok_s") is None else f"{r['ideal_tok_s']:.2f}"
 
 
 def _order(r: dict):
