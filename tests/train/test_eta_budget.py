@@ -226,5 +226,6 @@ def test_tiny_tasks_config_trains_on_the_task_prompt_set():
 
     config = load_config("tiny-tasks", {"out_dir": "unused"})
     assert config.prompts == "embedded:task_prompts.jsonl" and resolve_prompts_path(config.prompts).is_file()
-    assert config.max_new_tokens == 48 and config.controller.eta_lr == 0.001
-    assert config.controller.eta_kp == 0.02 and config.controller.eta_ema == 0.8
+    ctrl = config.controller
+    assert config.max_new_tokens == 48 and ctrl.eta_lr == 0.0 and ctrl.eta_init == 0.0
+    assert ctrl.eta_kp == 0.03 and ctrl.eta_ema == 0.8
