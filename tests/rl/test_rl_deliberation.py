@@ -1,4 +1,4 @@
-"""Deliberation cost in expert loads: hand-computed loads, a loop reference, the dual update's sign, clamp."""
+"""Deliberation cost in expert loads: hand-computed loads, a loop reference, the dual and PI updates."""
 
 import math
 
@@ -7,9 +7,11 @@ import torch
 
 from temoe.rl import (
     dual_update,
+    ema_update,
     expert_loads,
     loads_per_token,
     loads_switch_cost,
+    pi_dual_update,
     stall_budget_to_load_budget,
     stall_ms_per_load,
     switch_loads,
@@ -107,3 +109,46 @@ def test_stall_budget_conversion():
         kw = dict(stall_budget_ms=2.0, bytes_per_expert=12e6, host_to_device_gb_s=24.0) | bad
         with pytest.raises(ValueError, match=next(iter(bad))):
             stall_budget_to_load_budget(**kw)
+
+
+def test_pi_dual_update_hand_computed_steps():
+    # budget 0.5, α = 0.01, K_p = 0.02. Step 1, loads 0.8: e = 0.6, η_I = 0.02 + 0.006 = 0.026,
+    # η = 0.026 + 0.02 · 0.6 = 0.038
+    integral, eta = pi_dual_update(0.02, measured=0.8, budget=0.5, lr=0.01, kp=0.02)
+    assert integral == pytest.approx(0.026) and eta == pytest.approx(0.038)
+    # step 2, loads 0.3 (e = -0.4), average 0.6 (e_s = 0.2): η_I = 0.026 - 0.004 = 0.022, η = 0.022 + 0.004
+    integral, eta = pi_dual_update(integral, measured=0.3, budget=0.5, lr=0.01, kp=0.02, smoothed=0.6)
+    assert integral == pytest.approx(0.022) and eta == pytest.approx(0.026)
+    # step 3, loads 0: e = -1, η_I = 0.012; the proportional term answers at once: 0.012 - 0.02 < 0 -> 0
+    integral, eta = pi_dual_update(integral, measured=0.0, budget=0.5, lr=0.01, kp=0.02)
+    assert integral == pytest.approx(0.012) and eta == 0.0
+
+
+def test_pi_dual_update_clamps_the_integral_and_eta():
+    # η_I: 0.001 + 0.01 · (-1) < 0 -> 0 (dual ascent's clamp); η = max(0, 0 + 0.05 · (-1)) = 0
+    assert pi_dual_update(0.001, measured=0.0, budget=2.0, lr=0.01, kp=0.05) == (0.0, 0.0)
+    # over budget from η_I = 0: η_I = 0.01 · 1 = 0.01, η = 0.01 + 0.05 · 1 = 0.06
+    integral, eta = pi_dual_update(0.0, measured=4.0, budget=2.0, lr=0.01, kp=0.05)
+    assert integral == pytest.approx(0.01) and eta == pytest.approx(0.06)
+
+
+@pytest.mark.parametrize(("eta", "measured", "budget"), [
+    (0.02, 3.0, 2.0), (0.02, 1.0, 2.0), (0.001, 0.0, 2.0), (0.0, 4.0, 2.0), (0.07, 0.01, 0.5)])
+def test_pi_dual_update_with_kp_zero_is_dual_ascent(eta, measured, budget):
+    old = dual_update(eta, measured, budget, lr=0.003)
+    assert pi_dual_update(eta, measured, budget, lr=0.003, kp=0.0, smoothed=measured + 1.0) == (old, old)
+
+
+def test_pi_dual_update_refuses_bad_gains():
+    with pytest.raises(ValueError, match=r"eta_kp=-0\.1: must be a finite number >= 0"):
+        pi_dual_update(0.02, measured=1.0, budget=1.0, lr=0.01, kp=-0.1)
+    with pytest.raises(ValueError, match="smoothed"):
+        pi_dual_update(0.02, measured=1.0, budget=1.0, lr=0.01, kp=0.1, smoothed=math.inf)
+
+
+def test_ema_update_hand_computed():
+    assert ema_update(None, 0.8, decay=0.8) == 0.8  # the first step starts the average
+    assert ema_update(0.8, 0.3, decay=0.8) == pytest.approx(0.8 * 0.8 + 0.2 * 0.3)  # 0.70
+    assert ema_update(0.8, 0.3, decay=0.0) == 0.3
+    with pytest.raises(ValueError, match=r"eta_ema=1\.0: must be a finite number in \[0, 1\)"):
+        ema_update(0.8, 0.3, decay=1.0)

@@ -146,16 +146,38 @@ def test_dual_update_in_the_loop_rises_over_budget_and_clamps_at_zero(tmp_path, 
         assert etas[1] == 0.0 and etas[2] == 0.0
 
 
+def test_pi_update_in_the_loop_follows_the_integral_and_the_averaged_loads(tmp_path):
+    budget, lr, kp, decay = 0.05, 0.01, 0.03, 0.5
+    result = train(_config(tmp_path, steps=3, **{
+        **AUTO, "controller.load_budget": budget, "controller.eta_lr": lr, "controller.eta_kp": kp,
+        "controller.eta_ema": decay, "controller.termination_bias_init": 3.0}))
+    recs = result.metrics
+    integral, average = 0.02, None
+    assert recs[0]["controller/eta"] == 0.02
+    for rec, nxt in zip(recs, recs[1:]):
+        measured = rec["controller/loads_per_token"]
+        average = measured if average is None else decay * average + (1 - decay) * measured
+        assert rec["controller/loads_ema"] == pytest.approx(average)
+        integral = max(0.0, integral + lr * (measured - budget) / budget)
+        assert nxt["controller/eta"] == pytest.approx(max(0.0, integral + kp * (average - budget) / budget))
+    assert recs[1]["controller/eta"] > 0.02 + lr  # over budget: the proportional term adds to the integral
+
+
 @pytest.mark.slow
 def test_resume_restores_eta_exactly(tmp_path):
-    cfg = {"steps": 4, **AUTO, "controller.load_budget": 2.0}
+    # over budget (β ≈ σ(3) at the start), so η_I and η stay above 0 and differ by the proportional term
+    cfg = {"steps": 4, **AUTO, "controller.load_budget": 0.05, "controller.eta_kp": 0.05,
+           "controller.eta_ema": 0.5, "controller.termination_bias_init": 3.0}
     full = train(_config(tmp_path / "full", **cfg))
     part = tmp_path / "part"
     train(_config(part, **{**cfg, "steps": 3, "checkpoint_every": 2, "keep_checkpoints": 0}))
     shutil.rmtree(part / "checkpoints" / "step_000003")
     (part / "checkpoints" / "latest").write_text("step_000002\n")
     meta = json.loads((part / "checkpoints" / "step_000002" / "meta.json").read_text())
-    assert meta["trainer_state"]["eta"] == full.metrics[2]["controller/eta"]  # the next step's η
+    state = meta["trainer_state"]
+    assert state["eta"] == full.metrics[2]["controller/eta"]  # the next step's η
+    assert state["loads_ema"] == full.metrics[1]["controller/loads_ema"]  # the average after step 2
+    assert state["eta_integral"] != state["eta"]  # the integral is its own state, not η
     resumed = train(_config(part, **{**cfg, "checkpoint_every": 2}), resume=True)
     assert [r["controller/eta"] for r in resumed.metrics] == [r["controller/eta"] for r in full.metrics[2:]]
     drop = ("perf/",)
@@ -176,6 +198,9 @@ def test_resume_restores_eta_exactly(tmp_path):
     ({"controller.switch_cost": "bytes"}, r"controller\.switch_cost='bytes': must be one of flat, loads"),
     ({"controller.eta": "sometimes"}, r"controller\.eta: cannot read 'sometimes' as float"),
     ({"controller.eta": "auto", "controller.load_budget": -1}, r"controller\.load_budget=-1\.0: must be"),
+    ({"controller.eta_kp": -0.1}, r"controller\.eta_kp=-0\.1: must be a finite number >= 0"),
+    ({"controller.eta_ema": 1}, r"controller\.eta_ema=1\.0: must be a finite number in \[0, 1\)"),
+    ({"controller.eta_ema": -0.5}, r"controller\.eta_ema=-0\.5: must be a finite number in \[0, 1\)"),
 ])
 def test_budget_keys_fail_naming_the_key_and_the_valid_values(tmp_path, keys, message):
     with pytest.raises(ValueError, match=message):
@@ -201,4 +226,6 @@ def test_tiny_tasks_config_trains_on_the_task_prompt_set():
 
     config = load_config("tiny-tasks", {"out_dir": "unused"})
     assert config.prompts == "embedded:task_prompts.jsonl" and resolve_prompts_path(config.prompts).is_file()
-    assert config.max_new_tokens == 48 and config.controller.eta_lr == 0.003
+    ctrl = config.controller
+    assert config.max_new_tokens == 48 and ctrl.eta_lr == 0.0 and ctrl.eta_init == 0.0
+    assert ctrl.eta_kp == 0.03 and ctrl.eta_ema == 0.8

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from temoe.validation import NON_NEGATIVE, TRAIN_RANGES, check_fields
+from temoe.validation import NON_NEGATIVE, TRAIN_RANGES, Range, check_fields
 
 INITIAL_OPTIONS = ("router", "selection")
 SWITCH_COSTS = ("flat", "loads")
 AUTO = "auto"
+EMA_DECAY = Range(0, 1, hi_open=True)
 """`eta: auto`: η is a Lagrange multiplier tuned to meet `load_budget` or `stall_budget_ms`."""
 
 
@@ -28,7 +29,8 @@ class ControllerConfig:
     """Deliberation cost η in the termination advantage A^term_t = Q(h_t, ω_{t-1}) − V(h_t) + η
     (Alg. 2 continued, line 13; §5: 0.02, 0.03, 0.04). Used by the trainer's termination loss. "auto"
     (temoe extension): η starts at `eta_init` and follows dual ascent once per training step towards
-    `load_budget` (or `stall_budget_ms`), η ← max(0, η + α (measured − budget) / budget), α = `eta_lr`."""
+    `load_budget` (or `stall_budget_ms`), η ← max(0, η + α (measured − budget) / budget), α = `eta_lr`;
+    with `eta_kp` > 0, a PI update (`temoe.rl.pi_dual_update`)."""
 
     switch_cost: str = "flat"
     """How a switch is charged (temoe extension): "flat" = η per switch (the paper); "loads" = η · |ω̃_t \\
@@ -40,7 +42,18 @@ class ControllerConfig:
     """With `eta: auto`: η at step 1."""
 
     eta_lr: float = 0.01
-    """With `eta: auto`: α, the step size of η's dual ascent on the relative budget error."""
+    """With `eta: auto`: α, the step size of η's dual ascent on the relative budget error (the integral
+    term of the PI update)."""
+
+    eta_kp: float = 0.0
+    """With `eta: auto` (temoe extension): K_p, the proportional gain of a PI update (the PID Lagrangian of
+    Stooke, Achiam & Abbeel 2020): η = max(0, η_I + K_p e), η_I the dual-ascent integral, e the relative
+    budget error of the averaged loads (`eta_ema`). 0 = plain dual ascent."""
+
+    eta_ema: float = 0.0
+    """With `eta: auto` (temoe extension): decay d of the exponential moving average of the per-step loads
+    that the proportional term reads, m ← d m + (1 − d) x, in [0, 1) (0 = the step's own loads; the
+    integral always reads the step's own loads)."""
 
     load_budget: float = 0.0
     """With `eta: auto`: the target of expert loads per generated token, summed over the MoE layers
@@ -162,8 +175,9 @@ class ControllerConfig:
             raise bad("eta", "must be >= 0 (a cost; 0 = switching is free)")
         if self.switch_cost not in SWITCH_COSTS:
             raise bad("switch_cost", f"must be one of {', '.join(SWITCH_COSTS)}")
-        for key in ("eta_init", "eta_lr", "load_budget", "stall_budget_ms"):
+        for key in ("eta_init", "eta_lr", "eta_kp", "load_budget", "stall_budget_ms"):
             NON_NEGATIVE.check(f"ControllerConfig.{key}", getattr(self, key))
+        EMA_DECAY.check("ControllerConfig.eta_ema", self.eta_ema)
         budgets = [k for k in ("load_budget", "stall_budget_ms") if getattr(self, k) > 0]
         if budgets and not self.eta_auto:
             raise bad(budgets[0], f"a budget needs eta: {AUTO} (eta={self.eta!r} is fixed)")

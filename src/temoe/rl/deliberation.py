@@ -1,4 +1,4 @@
-"""Deliberation cost in expert loads: the per-switch cost, the loads a rollout made, η's dual-ascent update.
+"""Deliberation cost in expert loads: the per-switch cost, the loads a rollout made, η's dual updates.
 
 Pure functions; the derivation is in docs/controller.md ("A deliberation cost in expert loads"). Shape
 legend: B batch, T controlled positions, L MoE layers, N experts, K = k̂. A load is one expert that enters a
@@ -77,6 +77,33 @@ def dual_update(eta: float, measured: float, budget: float, lr: float) -> float:
     if not math.isfinite(measured):
         raise ValueError(f"measured={measured!r}: the step's loads per token must be finite")
     return max(0.0, eta + lr * (measured - budget) / budget)
+
+
+def pi_dual_update(integral: float, measured: float, budget: float, lr: float, kp: float,
+                   smoothed: float | None = None) -> tuple[float, float]:
+    """One PI step on the deliberation cost (the PID Lagrangian of Stooke, Achiam & Abbeel, ICML 2020).
+
+    e = (measured − budget) / budget; η_I ← max(0, η_I + α · e) (`dual_update`), and
+    η = max(0, η_I + K_p · e_s), e_s the same error of `smoothed` (an average of the per-step loads; None =
+    `measured`). The proportional term answers the current error at once: η falls as soon as the loads drop
+    under budget instead of waiting for the integral to unwind, which is what lets plain dual ascent overshoot
+    when the controller answers η with a lag. K_p = 0 is `dual_update`. Returns (η_I, η).
+    """
+    if not (math.isfinite(kp) and kp >= 0):
+        raise ValueError(f"eta_kp={kp!r}: must be a finite number >= 0")
+    integral = dual_update(integral, measured, budget, lr)
+    level = measured if smoothed is None else smoothed
+    if not math.isfinite(level):
+        raise ValueError(f"smoothed={smoothed!r}: the averaged loads per token must be finite")
+    return integral, max(0.0, integral + kp * (level - budget) / budget)
+
+
+def ema_update(average: float | None, measured: float, decay: float) -> float:
+    """m ← d · m + (1 − d) · x, the exponential moving average of the per-step loads; m = x at the first
+    step (`average` None). decay d in [0, 1): 0 = the step's own loads."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"eta_ema={decay!r}: must be a finite number in [0, 1)")
+    return measured if average is None else decay * average + (1.0 - decay) * measured
 
 
 def stall_ms_per_load(bytes_per_expert: float, host_to_device_gb_s: float) -> float:

@@ -2,8 +2,9 @@
 
 Layout of one checkpoint directory (`RUN/checkpoints/step_000120/`):
     meta.json               step, model facts (model_type, L, N, k, H), ControllerConfig, TrainConfig, the
-                            loop's scalars for the next step (`trainer_state`: η), and the sha256 of every
-                            other file (`files`), verified before anything is loaded
+                            loop's scalars for the next step (`trainer_state`: η; with `eta: auto` also
+                            η's integral and the loads' moving average), and the sha256 of every other
+                            file (`files`), verified before anything is loaded
     controller.safetensors  the L per-layer controllers (`OptionController.state_dict()`)
     routers.safetensors     trainable router weights, keys `layer{i}.{param}` (i = MoE layer index)
     adapter/                the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)
@@ -101,7 +102,8 @@ def save_checkpoint(
 
     Refuses (ValueError, on every process) a controller holding NaN or infinity: a diverged run must not
     leave a checkpoint that serves garbage. `trainer_state`: scalars the loop carries to the next step
-    (η under dual ascent), stored in meta.json as exact JSON floats.
+    (η; under `eta: auto` also the PI update's integral and loads average), stored in meta.json as exact
+    JSON floats.
     """
     check_finite_tensors(controller.state_dict(), f"the controller at step {step}")
     ckpt_root = Path(run_dir) / "checkpoints"

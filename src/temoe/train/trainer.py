@@ -33,11 +33,12 @@ from temoe.rl import (
     counted_positions,
     critic_loss,
     discounted_returns,
-    dual_update,
+    ema_update,
     expert_loads,
     intra_option_loss,
     loads_switch_cost,
     option_critic_targets,
+    pi_dual_update,
     selection_loss,
     standardize,
     termination_loss,
@@ -118,6 +119,11 @@ class Run:
     eta: float = 0.0
     """η of the next step's termination and selection losses (`ControllerConfig.eta`, or the dual variable
     with `eta: auto`, updated by `update_eta` and stored in every checkpoint)."""
+    eta_integral: float = 0.0
+    """With `eta: auto`: η_I, the integral (dual-ascent) term of η's PI update; η itself when `eta_kp` = 0."""
+    loads_ema: float | None = None
+    """With `eta: auto`: the moving average of the per-step loads per token (`eta_ema`); None before
+    step 1."""
     start_step: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
@@ -228,7 +234,8 @@ def switch_cost(run: Run, batch: RolloutBatch) -> float | Tensor:
 
 def update_eta(run: Run, batch: RolloutBatch) -> dict[str, float]:
     """Measure this step's expert loads per generated token (summed over layers and processes) and, with
-    `eta: auto`, take η's dual-ascent step towards the load budget; returns the `controller/` metrics.
+    `eta: auto`, take η's dual step towards the load budget (`pi_dual_update`: plain dual ascent when
+    `eta_kp` = 0); returns the `controller/` metrics.
 
     The logged η is the one this step's losses used; `run.eta` becomes the next step's.
     """
@@ -247,7 +254,12 @@ def update_eta(run: Run, batch: RolloutBatch) -> dict[str, float]:
         stats["controller/stall_ms_per_token"] = measured * per_load
     if ctrl.eta_auto:
         stats["controller/load_budget"] = ctrl.load_budget_per_token()
-        run.eta = dual_update(run.eta, measured, stats["controller/load_budget"], ctrl.eta_lr)
+        run.loads_ema = ema_update(run.loads_ema, measured, ctrl.eta_ema)
+        budget = stats["controller/load_budget"]
+        run.eta_integral, run.eta = pi_dual_update(run.eta_integral, measured, budget, ctrl.eta_lr,
+                                                   ctrl.eta_kp, run.loads_ema)
+        if ctrl.eta_kp > 0:
+            stats["controller/loads_ema"] = run.loads_ema
     return stats
 
 
@@ -291,7 +303,24 @@ def save(run: Run, step: int) -> None:
         Path(config.out_dir), step, peft_model=run.peft_model, handle=run.handle, controller=run.controller,
         optimizers=run.optimizers, generators=run.generators, train_config=config,
         controller_config=config.controller, accelerator=run.accelerator, keep=config.keep_checkpoints,
-        trainer_state={"eta": run.eta})
+        trainer_state=_trainer_state(run))
+
+
+def _trainer_state(run: Run) -> dict[str, float]:
+    """The loop's scalars a resume needs: η, and with `eta: auto` the PI update's integral and average."""
+    state = {"eta": run.eta}
+    if run.config.controller.eta_auto:
+        state["eta_integral"] = run.eta_integral
+        if run.loads_ema is not None:
+            state["loads_ema"] = run.loads_ema
+    return state
+
+
+def _restore_trainer_state(run: Run, state: dict[str, float]) -> None:
+    """Set η, η_I and the loads average from a checkpoint's `trainer_state` (η_I = η when absent)."""
+    run.eta = float(state.get("eta", run.eta))
+    run.eta_integral = float(state.get("eta_integral", run.eta))
+    run.loads_ema = float(state["loads_ema"]) if "loads_ema" in state else None
 
 
 def _optimizer_step(run: Run, name: str, loss: Tensor | None, params) -> float:
@@ -537,13 +566,13 @@ def setup(config: TrainConfig, resume: bool) -> Run:
               generators={"sample": _generator(device, config.seed * 7919 + rank),
                           "controller": _generator(device, config.seed * 104729 + rank)},
               rollout_settings=rollout_settings(config, eos_ids, pad_id, early_stop=not sharded), logger=None,
-              eta=config.controller.initial_eta)
+              eta=config.controller.initial_eta, eta_integral=config.controller.initial_eta)
     if resume:
         run.checkpoint = resolve_checkpoint(config.out_dir)
         run.start_step = load_training_state(run.checkpoint, peft_model=peft_model, handle=handle,
                                              controller=controller, optimizers=run.optimizers,
                                              generators=run.generators, process_index=rank)
-        run.eta = float(read_meta(run.checkpoint).get("trainer_state", {}).get("eta", run.eta))
+        _restore_trainer_state(run, read_meta(run.checkpoint).get("trainer_state", {}))
     if accelerator.is_main_process:
         config.save(Path(config.out_dir) / "config.yaml")
     run.logger = MetricsLogger(config.out_dir, total_steps=config.steps, start_step=run.start_step,
