@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from statistics import median
 from typing import Any
 
 import torch
@@ -20,10 +21,6 @@ from temoe.serve.store import ExpertLayout, measure_h2d_bandwidth
 from temoe.serve.synthetic import SyntheticOptions
 
 _PROMPT = "Explain why the sky is blue in two sentences."
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _cpu_copy_probe(expert_bytes: int, copies: int, repeats: int) -> tuple[float, float]:
@@ -44,7 +41,7 @@ def _cpu_copy_probe(expert_bytes: int, copies: int, repeats: int) -> tuple[float
         for d, s in pairs:
             d.copy_(s)
         rows.append((time.perf_counter() - t0) / copies)
-    return big_src.numel() / _median(big) / 1e9, _median(rows) * 1e3
+    return big_src.numel() / median(big) / 1e9, median(rows) * 1e3
 
 
 def _cuda_copy_probe(
@@ -63,7 +60,7 @@ def _cuda_copy_probe(
         b.record()
         torch.cuda.synchronize(device)
         times.append(a.elapsed_time(b) / copies)
-    return bandwidth, _median(times[1:])
+    return bandwidth, median(times[1:])
 
 
 def _fit_copy(nbytes: int, bandwidth: float, per_copy_ms: float) -> tuple[float, float, str]:
@@ -104,7 +101,7 @@ def decode_ms_per_token(
             sync(device)
         if run:  # run 0 warms up
             means.append((time.perf_counter() - t0) / new_tokens * 1e3)
-    return _median(means)
+    return median(means)
 
 
 def _engine_decode_ms(engine, input_ids: torch.Tensor, new_tokens: int, masks) -> float:
@@ -147,7 +144,7 @@ def path_decode_ms(handle, input_ids: torch.Tensor, new_tokens: int, repeats: in
             finally:
                 engine.detach(restore_weights=False)
                 store = engine.store
-            out[path] = _median(runs[1:])  # run 0 warms up
+            out[path] = median(runs[1:])  # run 0 warms up
     finally:
         if store is not None:
             restore_experts(handle, store, device)
